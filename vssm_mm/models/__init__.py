@@ -1,0 +1,2 @@
+"""Backbones registered in the ``vssm_mm`` scope (imported lazily by the registry)."""
+from . import backbones  # noqa: F401
