@@ -44,21 +44,15 @@ def test_resume_continues_where_it_stopped(demo_data, tmp_path):
     """
     _require('mmpretrain')
     env = {'VSSM_DEMO_DATA': str(demo_data)}
-    deterministic = [
-        'train_dataloader.dataset.pipeline=[{"type":"LoadImageFromFile"},'
-        '{"type":"Resize","scale":[64,64]},{"type":"PackInputs"}]',
-        'train_dataloader.sampler.shuffle=False', 'train_dataloader.batch_size=2',
-        'randomness.seed=0', 'val_cfg=None', 'val_dataloader=None', 'val_evaluator=None',
-        'train_cfg.val_interval=1000']
+    config = 'tests/configs/plumbing_cls_deterministic.py'
     straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
-    run_tool(['tools/train.py', CONFIGS['mmpretrain'], '--work-dir', str(straight),
-              '--cfg-options', 'train_cfg.max_iters=4', *deterministic], env=env)
+    run_tool(['tools/train.py', config, '--work-dir', str(straight),
+              '--cfg-options', 'train_cfg.max_iters=4'], env=env)
     # "Interrupted" after two iterations, then resumed from the work dir with the full length.
-    run_tool(['tools/train.py', CONFIGS['mmpretrain'], '--work-dir', str(resumed),
-              '--cfg-options', 'train_cfg.max_iters=2', *deterministic], env=env)
-    result = run_tool(['tools/train.py', CONFIGS['mmpretrain'], '--work-dir', str(resumed),
-                       '--resume', '--cfg-options', 'train_cfg.max_iters=4', *deterministic],
-                      env=env)
+    run_tool(['tools/train.py', config, '--work-dir', str(resumed),
+              '--cfg-options', 'train_cfg.max_iters=2'], env=env)
+    result = run_tool(['tools/train.py', config, '--work-dir', str(resumed),
+                       '--resume', '--cfg-options', 'train_cfg.max_iters=4'], env=env)
     assert 'resumed epoch: 0, iter: 2' in result.stdout + result.stderr
 
     from vssm_mm.checkpoint import safe_load

@@ -130,7 +130,10 @@ def _history_buffer_getattr(obj, name):
     from mmengine.logging.history_buffer import HistoryBuffer
     is_buffer = isinstance(obj, HistoryBuffer) or (isinstance(obj, type) and
                                                     issubclass(obj, HistoryBuffer))
-    if is_buffer and name in HistoryBuffer._statistics_methods:
+    # The class-level table is filled lazily by the first HistoryBuffer, so also name the
+    # defaults explicitly.
+    allowed = {'min', 'max', 'mean', 'current'} | set(HistoryBuffer._statistics_methods)
+    if is_buffer and name in allowed:
         return getattr(obj, name)
     raise UnsafeCheckpointError(
         f'refusing getattr({obj!r:.60}, {name!r}) while unpickling: only the statistics '

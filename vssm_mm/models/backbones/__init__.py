@@ -1,1 +1,3 @@
-__all__ = []
+from .msvmamba import MSVMamba
+
+__all__ = ['MSVMamba']

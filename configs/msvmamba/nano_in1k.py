@@ -1,0 +1,6 @@
+# MSVMamba Nano, ImageNet-1k 224x224, 300 epochs, 8 GPUs x 128 (train with --amp).
+_base_ = ['../_base_/in1k_vssm_recipe.py']
+
+model = dict(
+    backbone=dict(type='vssm_mm.MSVMamba', arch='nano', drop_path_rate=0.2),
+    head=dict(in_channels=384))

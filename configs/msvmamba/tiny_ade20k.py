@@ -1,0 +1,15 @@
+# MSVMamba Tiny UperNet on ADE20K, 512x512, 160k iterations (8 GPUs x 2 images).
+# Initialise from the converted ImageNet checkpoint:
+#   python tools/convert_checkpoint.py --arch msvmamba-t OFFICIAL.pth checkpoints/msvmamba_tiny_in1k.pth
+_base_ = ['../_base_/ade20k_upernet_160k.py']
+
+model = dict(
+    backbone=dict(
+        type='vssm_mm.MSVMamba',
+        arch='tiny',
+        # What the official runs had: 0.2.
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/msvmamba_tiny_in1k.pth',
+                      prefix='backbone.')),
+    decode_head=dict(in_channels=[96, 192, 384, 768]),
+    auxiliary_head=dict(in_channels=384))

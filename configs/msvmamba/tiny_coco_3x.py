@@ -1,0 +1,15 @@
+# MSVMamba Tiny Mask R-CNN 3x on COCO (8 GPUs x 4 images, as the official runs).
+# Initialise from the converted ImageNet checkpoint:
+#   python tools/convert_checkpoint.py --arch msvmamba-t OFFICIAL.pth checkpoints/msvmamba_tiny_in1k.pth
+_base_ = ['../_base_/coco_mask_rcnn_3x.py']
+
+model = dict(
+    backbone=dict(
+        type='vssm_mm.MSVMamba',
+        arch='tiny',
+        # 0.2 is what the official runs had (inherited from the Swin config they extend).
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/msvmamba_tiny_in1k.pth',
+                      prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 384, 768]))
+train_dataloader = dict(batch_size=4)

@@ -1,0 +1,92 @@
+"""Behaviour every vssm_mm backbone shares: arch lookup, out_indices, freezing, norm_eval."""
+import copy
+from typing import Iterable, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+
+class VSSMBackboneMixin:
+    """Mixed into each backbone (before ``BaseModule``).
+
+    A backbone defines ``arch_zoo`` (name -> settings), optionally ``arch_aliases``, and
+    :meth:`stem_and_stages` returning ``(stem, [stage0, stage1, ...])`` for freezing. Output
+    norms are named ``outnorm{i}``.
+    """
+
+    arch_zoo: dict = {}
+    arch_aliases: dict = {}
+
+    @classmethod
+    def parse_arch(cls, arch: Union[str, dict], required: Iterable[str] = ()) -> dict:
+        if isinstance(arch, str):
+            name = cls.arch_aliases.get(arch.lower(), arch.lower())
+            if name not in cls.arch_zoo:
+                valid = sorted(set(cls.arch_zoo) | set(cls.arch_aliases))
+                raise ValueError(f'{cls.__name__}: unknown arch {arch!r}; choose one of {valid} '
+                                 'or pass a dict of settings')
+            return copy.deepcopy(cls.arch_zoo[name])
+        if not isinstance(arch, dict):
+            raise TypeError(f'{cls.__name__}: arch must be a name or a dict, got {type(arch)}')
+        missing = [key for key in required if key not in arch]
+        if missing:
+            raise ValueError(f'{cls.__name__}: custom arch dict misses {missing} '
+                             f'(needs {list(required)})')
+        return copy.deepcopy(dict(arch))
+
+    @staticmethod
+    def parse_out_indices(out_indices: Union[Sequence[int], int], num_stages: int) -> Tuple[int]:
+        if isinstance(out_indices, int):
+            out_indices = [out_indices]
+        indices = []
+        for index in out_indices:
+            normalised = index + num_stages if index < 0 else index
+            if not 0 <= normalised < num_stages:
+                raise ValueError(f'out_indices entry {index} is out of range for '
+                                 f'{num_stages} stages')
+            indices.append(normalised)
+        if not indices:
+            raise ValueError('out_indices must name at least one stage')
+        return tuple(sorted(set(indices)))
+
+    @staticmethod
+    def check_input(x: torch.Tensor, min_size: int = 16) -> None:
+        if x.dim() != 4:
+            raise ValueError(f'expected an image batch (B, C, H, W), got shape {tuple(x.shape)}')
+        if x.shape[1] != 3:
+            raise ValueError(f'expected 3 input channels (RGB), got {x.shape[1]}')
+        if min(x.shape[2:]) < min_size:
+            raise ValueError(f'input {tuple(x.shape[2:])} is too small: H and W must be at least '
+                             f'{min_size} pixels')
+
+    def is_pretrained_init(self) -> bool:
+        cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
+        return any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' for cfg in cfgs)
+
+    def stem_and_stages(self):
+        raise NotImplementedError
+
+    def _freeze_stages(self) -> None:
+        if self.frozen_stages < 0:
+            return
+        stem, stages = self.stem_and_stages()
+        if self.frozen_stages > len(stages):
+            raise ValueError(f'frozen_stages={self.frozen_stages} but the model has '
+                             f'{len(stages)} stages')
+        frozen = [stem] + list(stages[:self.frozen_stages])
+        frozen += [getattr(self, f'outnorm{i}') for i in range(self.frozen_stages)
+                   if hasattr(self, f'outnorm{i}')]
+        for module in frozen:
+            module.eval()
+            for param in module.parameters():
+                param.requires_grad = False
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for module in self.modules():
+                if isinstance(module, _BatchNorm):
+                    module.eval()
+        return self
