@@ -46,3 +46,57 @@ def run_tool(args, env=None, timeout=600, check=True):
                              f'--- stdout ---\n{result.stdout[-6000:]}\n'
                              f'--- stderr ---\n{result.stderr[-6000:]}')
     return result
+
+
+DEMO_DATASETS = {'cls': 'demo_cls.py', 'det': 'demo_coco_instance.py', 'seg': 'demo_ade.py'}
+
+
+def smoke_config(config_path, task, demo_root, work_dir, iters=1, validate=True):
+    """A real family config shrunk to ``iters`` CPU iterations on the generated data.
+
+    Everything that defines the model (backbone, neck, heads, losses, optimizer type) stays as
+    in the real config; only the data, class counts, schedule length and pretrained loading
+    change.
+    """
+    from mmengine.config import Config
+    os.environ['VSSM_DEMO_DATA'] = str(demo_root)
+    cfg = Config.fromfile(str(config_path))
+    demo = Config.fromfile(str(REPO / 'configs' / '_base_' / 'datasets' / DEMO_DATASETS[task]))
+    for key in ('train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator',
+                'test_evaluator'):
+        cfg[key] = demo[key]
+    cfg.model.backbone.init_cfg = None
+    if task == 'cls':
+        cfg.data_preprocessor = demo.data_preprocessor
+        cfg.model.head.num_classes = demo.num_classes
+        cfg.model.pop('data_preprocessor', None)
+    elif task == 'det':
+        cfg.model.roi_head.bbox_head.num_classes = len(demo.metainfo['classes'])
+        cfg.model.roi_head.mask_head.num_classes = len(demo.metainfo['classes'])
+    else:
+        num_classes = len(demo.metainfo['classes'])
+        cfg.model.data_preprocessor.size = demo.crop_size
+        cfg.model.decode_head.num_classes = num_classes
+        if cfg.model.get('auxiliary_head'):
+            cfg.model.auxiliary_head.num_classes = num_classes
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=iters, val_interval=iters)
+    if validate:
+        cfg.val_cfg = dict(type='ValLoop')
+    else:
+        cfg.val_cfg = cfg.val_dataloader = cfg.val_evaluator = None
+    cfg.test_cfg = dict(type='TestLoop')
+    cfg.param_scheduler = [dict(type='ConstantLR', factor=1.0, by_epoch=False)]
+    cfg.default_hooks.logger = dict(type='LoggerHook', interval=1, log_metric_by_epoch=False)
+    cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=iters)
+    cfg.pop('auto_scale_lr', None)
+    cfg.work_dir = str(work_dir)
+    cfg.launcher = 'none'
+    return cfg
+
+
+def run_smoke_training(cfg):
+    """Train in-process; return the runner's final training loss dict and the runner."""
+    from mmengine.runner import Runner
+    runner = Runner.from_cfg(cfg)
+    runner.train()
+    return runner

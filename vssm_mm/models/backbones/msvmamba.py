@@ -13,7 +13,6 @@ The MS2D mixer of both: a full-resolution branch (depthwise 3x3) scanned in one 
 a half-resolution branch (depthwise 7x7, stride 2) whose three other directions are joined into
 one sequence scanned by one SSM (the state carries across the three segments).
 """
-import copy
 import math
 from typing import Dict, Optional, Sequence, Union
 
@@ -246,6 +245,8 @@ class MSVMamba(VSSMBackboneMixin, BaseModule):
         super().__init__(init_cfg=init_cfg)
         settings = self.parse_arch(arch, required=('generation', 'dims', 'depths', 'd_state',
                                                    'ssm_ratio', 'gate', 'ffn_ratio'))
+        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
+            if isinstance(arch, str) else 'custom'
         generation = settings['generation']
         if generation not in ('v1', 'v2'):
             raise ValueError(f"arch generation must be 'v1' or 'v2', got {generation!r}")
