@@ -37,12 +37,20 @@ class ArchSpec:
         rename: Optional extra renaming of backbone keys (official -> ours).
         head_norm_index: Stage whose ``outnorm`` the official final norm becomes.
         backbone_kwargs: Extra constructor arguments.
+        convert: Optional full replacement of the renaming: ``state_dict -> (converted,
+            is_dense)`` for families whose keys need more than prefixes.
+        head_keys: Optional ``(num_classes, backbone) -> {key: shape}`` of the classifier head
+            (default: ``head.fc`` = Linear(last width, num_classes)).
+        num_classes_key: Converted key whose first dimension is the number of classes.
     """
     backbone: str
     arch: str
     classifier_keys: Dict[str, str] = field(default_factory=dict)
     rename: Optional[Callable[[str], str]] = None
     backbone_kwargs: dict = field(default_factory=dict)
+    convert: Optional[Callable[[StateDict], Tuple[StateDict, bool]]] = None
+    head_keys: Optional[Callable[[int, object], Dict[str, tuple]]] = None
+    num_classes_key: str = 'head.fc.weight'
 
 
 ARCHS: Dict[str, ArchSpec] = {}
@@ -52,16 +60,17 @@ def register_arch(name: str, spec: ArchSpec) -> None:
     ARCHS[name] = spec
 
 
-def _msvmamba(arch: str) -> ArchSpec:
-    return ArchSpec(backbone='MSVMamba', arch=arch,
-                    classifier_keys={'classifier.norm.': 'backbone.outnorm3.',
-                                     'classifier.head.': 'head.fc.'})
+def _load_families():
+    """Import ``vssm_mm.checkpoint.families.*``: each module registers its architectures."""
+    import importlib
+    import pkgutil
+
+    from . import families
+    for info in pkgutil.iter_modules(families.__path__):
+        importlib.import_module(f'{families.__name__}.{info.name}')
 
 
-for _name, _arch in [('msvmamba-n', 'nano'), ('msvmamba-m', 'micro'), ('msvmamba-t', 'tiny'),
-                     ('msvmamba2-t', 'v2_tiny'), ('msvmamba2-s', 'v2_small'),
-                     ('msvmamba2-b', 'v2_base')]:
-    register_arch(_name, _msvmamba(_arch))
+_load_families()
 
 
 def pick_weights(checkpoint, weights: str = 'auto') -> Tuple[StateDict, str]:
@@ -110,14 +119,19 @@ def build_reference_keys(spec: ArchSpec, dense: bool, num_classes: Optional[int]
                                          **spec.backbone_kwargs)
     shapes = {f'backbone.{k}': tuple(v.shape) for k, v in backbone.state_dict().items()}
     if not dense and num_classes is not None:
-        width = backbone.dims[-1]
-        shapes['head.fc.weight'] = (num_classes, width)
-        shapes['head.fc.bias'] = (num_classes, )
+        if spec.head_keys is not None:
+            shapes.update(spec.head_keys(num_classes, backbone))
+        else:
+            width = backbone.dims[-1]
+            shapes['head.fc.weight'] = (num_classes, width)
+            shapes['head.fc.bias'] = (num_classes, )
     return shapes
 
 
 def convert_state_dict(state_dict: StateDict, spec: ArchSpec) -> Tuple[StateDict, bool]:
     """Rename official keys; return ``(converted, is_dense_task_checkpoint)``."""
+    if spec.convert is not None:
+        return spec.convert({_strip(k): v for k, v in state_dict.items()})
     keys = [_strip(k) for k in state_dict]
     dense = any(k.startswith('backbone.') for k in keys)
     converted = {}
@@ -167,7 +181,8 @@ def convert_checkpoint(src: str, arch: str, weights: str = 'auto', trust: Option
     spec = ARCHS[arch]
     state_dict, which = pick_weights(safe_load(src, trust=trust), weights)
     converted, dense = convert_state_dict(state_dict, spec)
-    num_classes = converted['head.fc.weight'].shape[0] if 'head.fc.weight' in converted else None
+    num_classes = converted[spec.num_classes_key].shape[0] \
+        if spec.num_classes_key in converted else None
     problems = check_keys(converted, build_reference_keys(spec, dense, num_classes), dense)
     if problems:
         raise ConversionError(f'{os.path.basename(src)} does not match --arch {arch} '

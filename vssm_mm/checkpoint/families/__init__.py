@@ -1,0 +1,1 @@
+"""One module per family; each calls ``register_arch`` for the official architectures."""
