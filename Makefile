@@ -3,12 +3,15 @@ VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast clean-venv help
+.PHONY: install test test-fast demo demo-cls demo-seg clean-venv help
 
 help:
 	@echo "make install    create/reuse $(VENV) and install vssm_mm with mmcv/mmengine/mmdet/mmseg/mmpretrain"
 	@echo "make test       install what is missing, then run the test suite"
 	@echo "make test-fast  run the tests without the slow end-to-end ones"
+	@echo "make demo       train MSVMamba-Nano Mask R-CNN on generated data (CPU, minutes) and show it learned"
+	@echo "make demo-cls   the same for image classification"
+	@echo "make demo-seg   the same for semantic segmentation (UperNet)"
 
 install:
 	VSSM_VENV=$(abspath $(VENV)) bash tools/install.sh
@@ -18,6 +21,15 @@ test: install
 
 test-fast: install
 	VSSM_REQUIRE_MM_STACK=1 $(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+demo: install
+	$(PYTHON) tools/run_demo.py --task det
+
+demo-cls: install
+	$(PYTHON) tools/run_demo.py --task cls
+
+demo-seg: install
+	$(PYTHON) tools/run_demo.py --task seg
 
 clean-venv:
 	@echo "removing $(VENV) (the mmcv wheel stays cached in ~/.cache/vssm_mm)"

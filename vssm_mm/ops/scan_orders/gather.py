@@ -165,4 +165,8 @@ def apply_table(src: torch.Tensor, table: GatherTable, backend: str = 'auto') ->
         raise ValueError(f'{table} expects a source (B, {table.src_rows}, C, {table.src_len}), '
                          f'got {tuple(src.shape)}')
     backend = resolve_backend(backend, src)
+    if torch.jit.is_tracing():
+        # jit cannot record a Python op whose argument is a table object; the plain index
+        # ops trace fine (FLOP counters and exporters use this path; values are identical).
+        return _gather_sum_torch(src, table)
     return _GatherSum.apply(src, table, backend)

@@ -1,0 +1,84 @@
+"""get_flops.py, benchmark.py, image_demo.py and the demo pipeline (reduced) on CPU."""
+import json
+
+import pytest
+from PIL import Image
+from vssm_testing import REPO, has_mm_stack, run_tool
+
+
+def _require(*libs):
+    if not has_mm_stack(*libs):
+        pytest.skip('the OpenMMLab stack is not installed')
+
+
+def test_get_flops_matches_official_count(tmp_path):
+    """MSVMamba-Nano: 6,864,136 parameters; the official code counts 0.883 GFLOPs at 224."""
+    _require('mmpretrain')
+    out = tmp_path / 'flops.json'
+    result = run_tool(['tools/get_flops.py', 'configs/msvmamba/nano_in1k.py', '--json', str(out)])
+    row = json.loads(out.read_text())[0]
+    assert row['params'] == 6_864_136
+    assert abs(row['flops'] / 0.8830e9 - 1) < 0.02, row['flops']
+    assert 'reported: params 7M, FLOPs 0.9G' in result.stdout
+
+
+def test_get_flops_small_shape_detection(tmp_path):
+    _require('mmdet')
+    out = tmp_path / 'flops.json'
+    run_tool(['tools/get_flops.py', 'configs/msvmamba/micro_coco.py', '--shape', '128', '160',
+              '--json', str(out)])
+    row = json.loads(out.read_text())[0]
+    assert row['params'] == 31_518_192 and row['input'] == [128, 160] and row['flops'] > 1e9
+
+
+@pytest.mark.parametrize('config,shape', [('configs/msvmamba/nano_in1k.py', ['64', '64']),
+                                          ('configs/msvmamba/nano_ade20k.py', ['64', '64'])])
+def test_benchmark_cpu(config, shape, tmp_path):
+    _require('mmpretrain', 'mmseg')
+    out = tmp_path / 'bench.json'
+    result = run_tool(['tools/benchmark.py', config, '--device', 'cpu', '--batch-size', '1',
+                       '--shape', *shape, '--warmup', '1', '--repeat', '2', '--json', str(out)])
+    rows = json.loads(out.read_text())
+    assert [r['mode'] for r in rows] == ['inference', 'train']
+    assert all(r['images_per_s'] > 0 and r['peak_memory_mb'] > 0 for r in rows)
+    assert 'images/s' in result.stdout
+
+
+def test_image_demo_writes_a_picture(demo_data, tmp_path):
+    _require('mmpretrain')
+    import torch
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmpretrain.registry import MODELS
+    import os
+    os.environ['VSSM_DEMO_DATA'] = str(demo_data)
+    cfg = Config.fromfile(str(REPO / 'configs/demo/msvmamba_nano_cls_demo.py'))
+    init_default_scope('mmpretrain')
+    model = MODELS.build(cfg.model)
+    ckpt = tmp_path / 'model.pth'
+    torch.save({'state_dict': model.state_dict(),
+                'meta': {'dataset_meta': {'classes': ['circle', 'square', 'triangle']}}}, ckpt)
+    image = sorted((demo_data / 'cls' / 'val').rglob('*.JPEG'))[0]
+    out = tmp_path / 'result.jpg'
+    result = run_tool(['tools/image_demo.py', 'configs/demo/msvmamba_nano_cls_demo.py', str(ckpt),
+                       str(image), '--out', str(out), '--device', 'cpu'],
+                      env={'VSSM_DEMO_DATA': str(demo_data)})
+    assert 'top-1' in result.stdout
+    picture = Image.open(out)
+    assert picture.width > 100 and picture.height > 100
+
+
+@pytest.mark.slow
+def test_demo_pipeline_reduced(tmp_path):
+    """make demo's steps at a few iterations: data, training, curves, drawn predictions."""
+    _require('mmdet')
+    work = tmp_path / 'work'
+    result = run_tool(['tools/run_demo.py', '--task', 'det', '--data', str(tmp_path / 'data'),
+                       '--work-dir', str(work), '--iters', '4', '--val-interval', '4',
+                       '--num-train', '8', '--num-val', '4'], timeout=900)
+    out = result.stdout
+    assert 'untrained' in out and 'coco/bbox_mAP' in out and 'coco/segm_mAP' in out
+    for name in ('curves.png', 'predictions.png'):
+        picture = Image.open(work / name)
+        assert picture.width > 200
+    assert any(work.glob('iter_4.pth'))

@@ -1,0 +1,3 @@
+from .hooks import ProgressBarHook, ValidateBeforeTrainHook
+
+__all__ = ['ProgressBarHook', 'ValidateBeforeTrainHook']
