@@ -1,0 +1,18 @@
+# EfficientVMamba-T UperNet on ADE20K, 512x512, 160k iterations (8 GPUs x 2 images); the paper
+# reports 38.9 mIoU single-scale. No official segmentation config exists; this follows the
+# paper ("aligned with VMamba": mmseg's Swin-T UperNet recipe). Inferred choices are marked.
+# Initialise from the converted ImageNet checkpoint:
+#   python tools/convert_checkpoint.py --arch efficientvmamba-t efficient_vmamba_tiny.ckpt checkpoints/efficientvmamba_tiny_in1k.pth
+_base_ = ['../_base_/ade20k_upernet_160k.py']
+
+model = dict(
+    backbone=dict(
+        type='vssm_mm.EfficientVMamba',
+        arch='tiny',
+        # Inferred: 0.3, what VMamba's segmentation configs inherit from Swin-T's.
+        drop_path_rate=0.3,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/efficientvmamba_tiny_in1k.pth',
+                      prefix='backbone.')),
+    # Inferred: a 256-channel UperHead (instead of 512) is what gives the paper's model size.
+    decode_head=dict(in_channels=[48, 96, 192, 384], channels=256),
+    auxiliary_head=dict(in_channels=192))
