@@ -1,2 +1,3 @@
 """Backbones registered in the ``vssm_mm`` scope (imported lazily by the registry)."""
 from . import backbones  # noqa: F401
+from . import classifiers  # noqa: F401

@@ -1,0 +1,16 @@
+# GroupMamba Base Mask R-CNN 1x on COCO (8 GPUs x 2 images).
+# Not reported by the paper (only GroupMamba-T was evaluated on COCO).
+# The official repository has no detection code: the schedule, batch and drop path 0.2 are
+# VMamba's detection settings (what the paper compares with), inferred.
+# Initialise from the converted ImageNet checkpoint:
+#   python tools/convert_checkpoint.py --arch groupmamba-b groupmamba_base_ema.pth checkpoints/groupmamba_base_in1k.pth
+_base_ = ['../_base_/coco_mask_rcnn_1x.py']
+
+model = dict(
+    backbone=dict(
+        type='vssm_mm.GroupMamba',
+        arch='base',
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/groupmamba_base_in1k.pth',
+                      prefix='backbone.')),
+    neck=dict(in_channels=[96, 192, 424, 512]))

@@ -1,0 +1,16 @@
+# GroupMamba Tiny Mask R-CNN 1x on COCO (8 GPUs x 2 images).
+# Paper (GroupMamba-T): box AP 47.6, mask AP 42.9.
+# The official repository has no detection code: the schedule, batch and drop path 0.2 are
+# VMamba's detection settings (what the paper compares with), inferred.
+# Initialise from the converted ImageNet checkpoint:
+#   python tools/convert_checkpoint.py --arch groupmamba-t groupmamba_tiny_ema.pth checkpoints/groupmamba_tiny_in1k.pth
+_base_ = ['../_base_/coco_mask_rcnn_1x.py']
+
+model = dict(
+    backbone=dict(
+        type='vssm_mm.GroupMamba',
+        arch='tiny',
+        drop_path_rate=0.2,
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/groupmamba_tiny_in1k.pth',
+                      prefix='backbone.')),
+    neck=dict(in_channels=[64, 128, 348, 448]))
