@@ -85,7 +85,8 @@ def pick_weights(checkpoint, weights: str = 'auto') -> Tuple[StateDict, str]:
         raise ConversionError(f'expected a dict in the checkpoint, got {type(checkpoint).__name__}')
     if weights not in ('auto', 'ema', 'raw'):
         raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
-    ema_keys = [k for k in ('model_ema', 'state_dict_ema', 'ema_model') if isinstance(checkpoint.get(k), dict)]
+    ema_keys = [k for k in ('model_ema', 'state_dict_ema', 'ema_model')
+                if isinstance(checkpoint.get(k), dict)]
     raw_keys = [k for k in ('model', 'state_dict', 'module') if isinstance(checkpoint.get(k), dict)]
     if weights in ('auto', 'ema') and ema_keys:
         return dict(checkpoint[ema_keys[0]]), 'ema'

@@ -1,0 +1,179 @@
+"""Benchmark the selective-scan backends.
+
+Examples::
+
+    # CPU: chunked reference vs the per-token loop, the shapes of the issue
+    python tools/benchmark_ops.py --backends naive,reference
+
+    # GPU: all backends at the stage-1 shapes of the four families, batch 128
+    python tools/benchmark_ops.py --device cuda --preset family --batch 128 \
+        --backends reference,triton,cuda --json scan_h100.json
+
+'naive' is :func:`selective_scan_naive` (a Python loop over tokens,
+differentiated by autograd); the others are ``selective_scan(backend=...)``.
+"""
+import argparse
+import itertools
+import json
+import os.path as osp
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
+from vssm_mm.ops.selective_scan import (selective_scan,  # noqa: E402
+                                        selective_scan_naive)
+
+# Stage-1 scans at 224x224 (docs/selective_scan.md): (channels, N, L, groups).
+FAMILY_SHAPES = {
+    'localvmamba_t': (4 * 192, 16, 3136, 4),
+    'efficientvmamba_t': (4 * 96, 16, 784, 4),
+    'msvmamba_t_full': (192, 1, 3136, 1),
+    'msvmamba_t_half': (3 * 192, 1, 784, 3),
+    'groupmamba_t_group': (16, 1, 3136, 1),
+}
+DTYPES = {'fp32': torch.float32, 'fp16': torch.float16,
+          'bf16': torch.bfloat16}
+
+
+def make_inputs(batch, channels, d_state, length, groups, dtype, device,
+                seed=0):
+    """Inputs shaped and scaled like a trained VMamba layer."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def randn(*shape, scale=1.0):
+        return (torch.randn(*shape, generator=gen) * scale)
+
+    A = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(channels, 1)
+    tensors = dict(
+        u=randn(batch, channels, length).to(dtype),
+        delta=randn(batch, channels, length, scale=0.5).to(dtype),
+        A=A,
+        B=randn(batch, groups, d_state, length).to(dtype),
+        C=randn(batch, groups, d_state, length).to(dtype),
+        D=torch.ones(channels),
+        delta_bias=randn(channels, scale=0.5) - 4.0,
+    )
+    return {k: v.to(device).requires_grad_() for k, v in tensors.items()}
+
+
+def run_once(backend, inputs, mode, grad):
+    args = (inputs['u'], inputs['delta'], inputs['A'], inputs['B'],
+            inputs['C'])
+    kwargs = dict(D=inputs['D'], delta_bias=inputs['delta_bias'],
+                  delta_softplus=True)
+    if backend == 'naive':
+        out = selective_scan_naive(*args, **kwargs)
+    else:
+        out = selective_scan(*args, backend=backend, **kwargs)
+    if mode == 'fwdbwd':
+        out.backward(grad)
+
+
+def timeit(fn, device, warmup, repeat, timer='wall'):
+    sync = torch.cuda.synchronize if device.startswith('cuda') else (
+        lambda: None)
+    # CPU time of this process: robust on a shared machine, but it adds up
+    # the time of all threads, so use it with --threads 1.
+    clock = time.process_time if timer == 'cpu' else time.perf_counter
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(repeat):
+        start = clock()
+        fn()
+        sync()
+        times.append(clock() - start)
+    return min(times), sorted(times)[len(times) // 2]
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    parser.add_argument('--backends', default='naive,reference',
+                        help="comma list of naive, reference, triton, cuda")
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--preset', choices=['issue', 'family'],
+                        default='issue',
+                        help="'issue': the grid below; 'family': stage-1 "
+                        'shapes of the four backbones')
+    parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--channels', default='192,768')
+    parser.add_argument('--d-state', default='1,16')
+    parser.add_argument('--length', default='3136')
+    parser.add_argument('--groups', type=int, default=4)
+    parser.add_argument('--dtype', choices=list(DTYPES), default='fp32')
+    parser.add_argument('--modes', default='fwd,fwdbwd')
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--repeat', type=int, default=3)
+    parser.add_argument('--threads', type=int, default=None,
+                        help='torch.set_num_threads for CPU runs')
+    parser.add_argument('--timer', choices=['wall', 'cpu'], default='wall',
+                        help="'cpu': process CPU time (with --threads 1, "
+                        'robust to other load on the machine)')
+    parser.add_argument('--json', help='also write the rows to this file')
+    return parser.parse_args()
+
+
+def shapes(args):
+    if args.preset == 'family':
+        return [(name, ) + shape for name, shape in FAMILY_SHAPES.items()]
+    ints = lambda s: [int(x) for x in s.split(',')]  # noqa: E731
+    return [(f'D{c}_N{n}_L{length}', c, n, length, args.groups)
+            for c, n, length in itertools.product(
+                ints(args.channels), ints(args.d_state), ints(args.length))]
+
+
+def main():
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    backends = args.backends.split(',')
+    rows, unavailable = [], set()
+    header = (f"{'shape':<22}{'mode':<8}{'backend':<11}{'min ms':>10}"
+              f"{'median ms':>11}{'vs naive':>10}")
+    print(f'device={args.device} batch={args.batch} dtype={args.dtype} '
+          f'threads={torch.get_num_threads()} timer={args.timer}')
+    print(header)
+    print('-' * len(header))
+    for name, channels, d_state, length, groups in shapes(args):
+        groups = groups if channels % groups == 0 else 1
+        inputs = make_inputs(args.batch, channels, d_state, length, groups,
+                             DTYPES[args.dtype], args.device)
+        grad = torch.randn(args.batch, channels, length,
+                           device=args.device).to(DTYPES[args.dtype])
+        for mode in args.modes.split(','):
+            baseline = None
+            for backend in backends:
+                if backend in unavailable:
+                    continue
+                try:
+                    best, median = timeit(
+                        lambda: run_once(backend, inputs, mode, grad),
+                        args.device, args.warmup, args.repeat, args.timer)
+                except (RuntimeError, ValueError) as err:
+                    print(f'{backend}: skipped from here on: {err}')
+                    unavailable.add(backend)
+                    continue
+                if backend == 'naive':
+                    baseline = best
+                speedup = baseline / best if baseline else float('nan')
+                rows.append(dict(shape=name, channels=channels,
+                                 d_state=d_state, length=length,
+                                 groups=groups, batch=args.batch,
+                                 dtype=args.dtype, device=args.device,
+                                 threads=torch.get_num_threads(),
+                                 timer=args.timer,
+                                 mode=mode, backend=backend,
+                                 min_ms=best * 1e3, median_ms=median * 1e3,
+                                 speedup_vs_naive=speedup))
+                print(f'{name:<22}{mode:<8}{backend:<11}{best * 1e3:>10.1f}'
+                      f'{median * 1e3:>11.1f}{speedup:>10.1f}', flush=True)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(rows, f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
