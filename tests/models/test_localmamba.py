@@ -313,7 +313,7 @@ def test_bad_arguments_say_what_to_do():
 
 
 def test_released_direction_lists():
-    """Section 6 of the spec: 4-subsets in canonical order, one per layer / block."""
+    """The search's export: 4-subsets in canonical order, one per layer / block."""
     lengths = {'localvim': 20, 'localvim_unsearched': 20, 'localvmamba_tiny': 15,
                'localvmamba_small': 33}
     assert set(SEARCHED_DIRECTIONS) == set(lengths)

@@ -1,7 +1,7 @@
 """Scan orders (torch backend): definitions of every family, exact inverse/adjoint, gradients.
 
 The expected orders are written here independently with plain tensor ops (flatten, transpose,
-flip, pad, strided slicing), following the official definitions in spec/.
+flip, pad, strided slicing), following the official definitions.
 """
 import pytest
 import torch
@@ -65,7 +65,7 @@ def _pad_even(x):
 
 
 def _official_localmamba_v_reverse(seq, height, width, flip):
-    """LocalMamba's reverse of 'v' (spec localmamba.md 2.2): read as (H, W), emit (W, H)."""
+    """LocalMamba's official reverse of 'v': read as (H, W), emit (W, H)."""
     if flip:
         seq = seq.flip(-1)
     batch, chans, _ = seq.shape

@@ -98,7 +98,7 @@ CASES = [
     (torch.float16, 2, True, 4, 1, 33),
     (torch.bfloat16, 1, False, 2, 4, 33),
     (torch.float32, 2, True, 3, 1, 1),  # single token, N not a power of 2
-    (torch.float32, 1, False, 64, 1, 19),  # largest N of the spec
+    (torch.float32, 1, False, 64, 1, 19),  # the largest N we support
 ]
 
 

@@ -1,6 +1,6 @@
 """LocalMamba pieces shared by LocalVim and LocalVMamba.
 
-* the searched scan directions of the released models (data, spec section 6) and
+* the searched scan directions of the released models (data) and
   :func:`resolve_directions`, which turns an arch's ``directions`` entry into per-layer lists;
 * :class:`BiAttn`, the channel attention ("SCAttn") applied to every direction's output;
 * :class:`DirectionMerge`, the sum over directions, or the supernet's softmax-weighted sum of
@@ -24,7 +24,7 @@ def _layers(text: str) -> Directions:
     return [tuple(line.split()) for line in text.strip().splitlines()]
 
 
-#: Per-layer directions of the released models (hunto/LocalMamba, spec section 6). Each entry
+#: Per-layer directions of the released models (hunto/LocalMamba). Each entry
 #: is a 4-subset of LOCALMAMBA_DIRECTIONS in canonical order; its position is the parameter index.
 SEARCHED_DIRECTIONS = {
     # LocalVim-T, LocalVim-T middle-cls, LocalVim-S and every LocalVim dense config (20 layers).

@@ -361,7 +361,7 @@ def scan_forward(u,
 
 def scan_backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias,
                   delta_softplus, chunk_starts, chunk_elements=None):
-    """Backward pass of the reference backend (gradient formulas of spec §1).
+    """Backward pass of the reference backend (Mamba's gradient formulas).
 
     Args:
         dout (Tensor | None): gradient of the (gated) output.
