@@ -97,7 +97,7 @@ def contact_sheet(image_dir, path, limit=8):
     sheet = Image.new('RGB', (cols * width, rows * height), 'white')
     for k, image in enumerate(images):
         sheet.paste(image, ((k % cols) * width, (k // cols) * height))
-    scale = max(1, 900 // sheet.width)
+    scale = max(1, round(1024 / sheet.width))
     sheet = sheet.resize((sheet.width * scale, sheet.height * scale), Image.NEAREST)
     sheet.save(path)
     return path
@@ -120,7 +120,9 @@ def main(argv=None):
     if args.iters:
         options += [f'train_cfg.max_iters={args.iters}',
                     f'default_hooks.checkpoint.interval={args.iters}']
-        options += [f'param_scheduler.1.end={args.iters}']
+        warmup = max(1, args.iters // 8)  # keep the warm-up + cosine shape at any length
+        options += [f'param_scheduler.0.end={warmup}', f'param_scheduler.1.begin={warmup}',
+                    f'param_scheduler.1.end={args.iters}']
     if args.val_interval:
         options += [f'train_cfg.val_interval={args.val_interval}']
     cmd = [python, 'tools/train.py', task['config'], '--work-dir', work_dir]

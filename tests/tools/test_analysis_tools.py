@@ -36,7 +36,7 @@ def test_get_flops_small_shape_detection(tmp_path):
 def test_benchmark_cpu(config, shape, tmp_path):
     _require('mmpretrain', 'mmseg')
     out = tmp_path / 'bench.json'
-    result = run_tool(['tools/benchmark.py', config, '--device', 'cpu', '--batch-size', '1',
+    result = run_tool(['tools/benchmark.py', config, '--device', 'cpu', '--batch-size', '2',
                        '--shape', *shape, '--warmup', '1', '--repeat', '2', '--json', str(out)])
     rows = json.loads(out.read_text())
     assert [r['mode'] for r in rows] == ['inference', 'train']
