@@ -103,6 +103,30 @@ def contact_sheet(image_dir, path, limit=8):
     return path
 
 
+def draw_classification(preds_file, out_dir, limit=8, size=192):
+    """Each validation image, enlarged, with its predicted and true class written under it."""
+    import pickle
+
+    from PIL import Image, ImageDraw
+    with open(preds_file, 'rb') as f:  # written by tools/test.py in this run
+        predictions = pickle.load(f)
+    with open(osp.join(osp.dirname(osp.dirname(predictions[0]['img_path'])), '..',
+                       'classes.txt')) as f:
+        classes = f.read().split()
+    os.makedirs(out_dir, exist_ok=True)
+    for k, pred in enumerate(predictions[:limit]):
+        image = Image.open(pred['img_path']).convert('RGB').resize((size, size), Image.NEAREST)
+        canvas = Image.new('RGB', (size, size + 36), 'white')
+        canvas.paste(image, (0, 0))
+        label, truth = int(pred['pred_label']), int(pred['gt_label'])
+        score = float(pred['pred_score'][label])
+        colour = (0, 130, 0) if label == truth else (200, 0, 0)
+        draw = ImageDraw.Draw(canvas)
+        draw.text((6, size + 4), f'pred: {classes[label]} ({score:.2f})', fill=colour)
+        draw.text((6, size + 19), f'true: {classes[truth]}', fill=(0, 0, 0))
+        canvas.save(osp.join(out_dir, f'{k:03d}.png'))
+
+
 def main(argv=None):
     args = parse_args(argv)
     task = TASKS[args.task]
@@ -134,8 +158,17 @@ def main(argv=None):
 
     checkpoints = sorted(glob.glob(osp.join(work_dir, 'iter_*.pth')), key=osp.getmtime)
     show_dir = osp.join(work_dir, 'predictions')
-    run([python, 'tools/test.py', task['config'], checkpoints[-1], '--work-dir',
-         osp.join(work_dir, 'test'), '--show-dir', show_dir], env)
+    if args.task == 'cls':
+        # mmpretrain's hook draws one image in thousands, in small print: draw them here.
+        preds = osp.join(work_dir, 'predictions.pkl')
+        if osp.exists(preds):
+            os.remove(preds)  # written by this script on an earlier run
+        run([python, 'tools/test.py', task['config'], checkpoints[-1], '--work-dir',
+             osp.join(work_dir, 'test'), '--out', preds], env)
+        draw_classification(preds, show_dir)
+    else:
+        run([python, 'tools/test.py', task['config'], checkpoints[-1], '--work-dir',
+             osp.join(work_dir, 'test'), '--show-dir', show_dir], env)
     sheet = contact_sheet(show_dir, osp.join(work_dir, 'predictions.png'))
 
     first = task['metrics'][0]
