@@ -68,7 +68,6 @@ class _TensorForward:
 
     @staticmethod
     def wrap(model, scope, height, width):
-        import torch
         from torch import nn
 
         if scope == 'mmdet':

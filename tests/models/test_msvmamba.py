@@ -8,7 +8,7 @@ from vssm_testing import REPO, has_mm_stack, run_smoke_training, run_tool, smoke
 
 from vssm_mm.checkpoint import safe_load
 from vssm_mm.checkpoint.convert import (ArchSpec, check_keys, convert_checkpoint,
-                                        convert_state_dict, pick_weights, register_arch)
+                                        convert_state_dict, register_arch)
 from vssm_mm.models.backbones import MSVMamba
 
 PARAMS = {'nano': 6_864_136, 'micro': 11_879_272, 'tiny': 33_046_312,

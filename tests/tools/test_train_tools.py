@@ -4,7 +4,7 @@ import os.path as osp
 
 import pytest
 import torch
-from vssm_testing import REPO, free_port, has_mm_stack, run_tool
+from vssm_testing import free_port, has_mm_stack, run_tool
 
 CONFIGS = {
     'mmpretrain': 'tests/configs/plumbing_cls.py',

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ..layers.ssm import reset_ssm_params
+
 
 class VSSMBackboneMixin:
     """Mixed into each backbone (before ``BaseModule``).
@@ -66,6 +68,34 @@ class VSSMBackboneMixin:
 
     def stem_and_stages(self):
         raise NotImplementedError
+
+    def init_weights(self):
+        """The official VMamba-family init, unless a ``Pretrained`` init_cfg loads weights.
+
+        Truncated-normal (0.02) Linear weights with zero biases, unit LayerNorms and Mamba's
+        SSM init (modules made by ``init_ssm_params``); :meth:`init_extra` handles what a
+        family initialises differently. Runs after a parent classifier's generic init_cfg, so
+        the SSM init is never overwritten.
+        """
+        if self.is_pretrained_init():
+            super().init_weights()
+            return
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+            elif hasattr(module, '_ssm_init_args'):
+                reset_ssm_params(module)
+            else:
+                self.init_extra(module)
+        self._is_init = True
+
+    def init_extra(self, module: nn.Module) -> None:
+        """Family-specific init of a module the shared rules do not cover (default: keep)."""
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:

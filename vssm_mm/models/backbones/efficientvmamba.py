@@ -19,7 +19,7 @@ from vssm_mm.ops.scan_orders import atrous_merge, atrous_scan
 from vssm_mm.registry import MODELS
 
 from ..layers import DropPath, Permute
-from ..layers.ssm import init_ssm_params, reset_ssm_params, scan_directions
+from ..layers.ssm import init_ssm_params, scan_directions
 from .base import VSSMBackboneMixin
 from .msvmamba import PatchMerging2D
 
@@ -268,24 +268,6 @@ class EfficientVMamba(VSSMBackboneMixin, BaseModule):
                 break
             x = stage.downsample(x)
         return tuple(outs)
-
-    def init_weights(self):
-        if self.is_pretrained_init():
-            super().init_weights()
-            return
-        # The official init: truncated-normal Linear layers, unit LayerNorms, Mamba's SSM init;
-        # convolutions and BatchNorms keep PyTorch's defaults.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, ES2D):
-                reset_ssm_params(module)
-        self._is_init = True
 
     def stem_and_stages(self):
         return self.patch_embed, list(self.layers)

@@ -27,7 +27,7 @@ from vssm_mm.ops.scan_orders import group_merge, group_scan
 from vssm_mm.registry import MODELS
 
 from ..layers import DropPath
-from ..layers.ssm import init_ssm_params, reset_ssm_params, scan_directions
+from ..layers.ssm import init_ssm_params, scan_directions
 from .base import VSSMBackboneMixin
 
 Size = Tuple[int, int]
@@ -323,29 +323,15 @@ class GroupMamba(VSSMBackboneMixin, BaseModule):
             return (self.norm4(cls_token[:, 0]), )
         return tuple(outs)
 
-    def init_weights(self):
-        if self.is_pretrained_init():
-            super().init_weights()
-            return
-        # The official init: truncated-normal linears, fan-out normal convs, unit norms.
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
+    def init_extra(self, module):
+        # The official init also draws convolutions fan-out normal and starts skip scales at 1.
+        if isinstance(module, nn.Conv2d):
+            fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
+            nn.init.normal_(module.weight, 0, math.sqrt(2.0 / (fan_out // module.groups)))
+            if module.bias is not None:
                 nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Conv2d):
-                fan_out = module.kernel_size[0] * module.kernel_size[1] * module.out_channels
-                nn.init.normal_(module.weight, 0, math.sqrt(2.0 / (fan_out // module.groups)))
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, GroupSSM):
-                reset_ssm_params(module)
-            elif isinstance(module, ModulatedGroupMamba):
-                nn.init.ones_(module.skip_scale)
-        self._is_init = True
+        elif isinstance(module, ModulatedGroupMamba):
+            nn.init.ones_(module.skip_scale)
 
     def stem_and_stages(self):
         stages = []

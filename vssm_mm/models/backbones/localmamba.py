@@ -33,7 +33,7 @@ from vssm_mm.registry import MODELS
 from ..layers import DropPath, LayerNorm2d
 from ..layers.localmamba_blocks import (BiAttn, DirectionMerge, apply_rotary, resize_token_table,
                                         resolve_directions, rotary_tables, square_grid)
-from ..layers.ssm import init_ssm_params, reset_ssm_params, scan_directions
+from ..layers.ssm import init_ssm_params, scan_directions
 from .base import VSSMBackboneMixin
 from .msvmamba import PatchMerging2D
 
@@ -632,22 +632,6 @@ class LocalVMamba(VSSMBackboneMixin, BaseModule):
                 break
             x = stage.downsample(x)
         return tuple(outs)
-
-    def init_weights(self):
-        if self.is_pretrained_init():
-            super().init_weights()
-            return
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, LocalSS2D):
-                reset_ssm_params(module)
-        self._is_init = True
 
     def stem_and_stages(self):
         return self.patch_embed, list(self.layers)

@@ -26,7 +26,7 @@ from vssm_mm.ops.scan_orders import multiscale_merge, multiscale_scan
 from vssm_mm.registry import MODELS
 
 from ..layers import DropPath, LayerNorm2d, Linear2d, Permute
-from ..layers.ssm import init_ssm_params, reset_ssm_params, scan_directions
+from ..layers.ssm import init_ssm_params, scan_directions
 from .base import VSSMBackboneMixin
 
 
@@ -306,22 +306,6 @@ class MSVMamba(VSSMBackboneMixin, BaseModule):
                 break
             x = stage.downsample(x)
         return tuple(outs)
-
-    def init_weights(self):
-        if self.is_pretrained_init():
-            super().init_weights()
-            return
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-            elif isinstance(module, MS2D):
-                reset_ssm_params(module)
-        self._is_init = True
 
     def stem_and_stages(self):
         return self.patch_embed, [stage for stage in self.layers]

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .common import (SOFTPLUS_THRESHOLD, compute_dtype,
-                     delta_pre_activation, expand_delta_groups,
+                     expand_delta_groups,
                      reduce_delta_groups)
 
 # Elements (B * D * chunk * N) of one chunk-sized work buffer. About six such
