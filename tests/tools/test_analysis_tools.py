@@ -44,28 +44,42 @@ def test_benchmark_cpu(config, shape, tmp_path):
     assert 'images/s' in result.stdout
 
 
-def test_image_demo_writes_a_picture(demo_data, tmp_path):
-    _require('mmpretrain')
+@pytest.mark.parametrize('task,config,image,expect', [
+    ('mmpretrain', 'msvmamba_nano_cls_demo.py', 'cls/val', 'top-1'),
+    ('mmdet', 'msvmamba_nano_mask_rcnn_demo.py', 'coco/val', 'objects above'),
+    ('mmseg', 'msvmamba_nano_upernet_demo.py', 'ade/images/validation', 'wrote'),
+])
+def test_image_demo_writes_a_picture(task, config, image, expect, demo_data, tmp_path):
+    _require(task)
+    import importlib
+    import os
+
     import torch
     from mmengine.config import Config
+    from mmengine.model import revert_sync_batchnorm
     from mmengine.registry import init_default_scope
-    from mmpretrain.registry import MODELS
-    import os
     os.environ['VSSM_DEMO_DATA'] = str(demo_data)
-    cfg = Config.fromfile(str(REPO / 'configs/demo/msvmamba_nano_cls_demo.py'))
-    init_default_scope('mmpretrain')
-    model = MODELS.build(cfg.model)
+    cfg = Config.fromfile(str(REPO / 'configs' / 'demo' / config))
+    init_default_scope(task)
+    model = revert_sync_batchnorm(importlib.import_module(f'{task}.registry').MODELS.build(
+        cfg.model))
     ckpt = tmp_path / 'model.pth'
-    torch.save({'state_dict': model.state_dict(),
-                'meta': {'dataset_meta': {'classes': ['circle', 'square', 'triangle']}}}, ckpt)
-    image = sorted((demo_data / 'cls' / 'val').rglob('*.JPEG'))[0]
+    meta = dict(cfg.metainfo) if 'metainfo' in cfg else dict(
+        classes=('circle', 'square', 'triangle'))
+    torch.save({'state_dict': model.state_dict(), 'meta': {'dataset_meta': meta}}, ckpt)
+    picture = sorted(p for p in (demo_data / image).rglob('*') if p.suffix.lower() in
+                     ('.jpg', '.jpeg'))[0]
     out = tmp_path / 'result.jpg'
-    result = run_tool(['tools/image_demo.py', 'configs/demo/msvmamba_nano_cls_demo.py', str(ckpt),
-                       str(image), '--out', str(out), '--device', 'cpu'],
+    result = run_tool(['tools/image_demo.py', f'configs/demo/{config}', str(ckpt), str(picture),
+                       '--out', str(out), '--device', 'cpu', '--score-thr', '0.0'],
                       env={'VSSM_DEMO_DATA': str(demo_data)})
-    assert 'top-1' in result.stdout
-    picture = Image.open(out)
-    assert picture.width > 100 and picture.height > 100
+    assert expect in result.stdout
+    drawn = Image.open(out)
+    assert drawn.width >= 64 and drawn.height >= 64
+    # Never overwrite what a user made.
+    again = run_tool(['tools/image_demo.py', f'configs/demo/{config}', str(ckpt), str(picture),
+                      '--out', str(out)], env={'VSSM_DEMO_DATA': str(demo_data)}, check=False)
+    assert again.returncode != 0 and 'exists' in again.stderr
 
 
 @pytest.mark.slow
