@@ -43,6 +43,8 @@ def parse_args(argv=None):
     parser.add_argument('--scan-backend', choices=['auto', 'reference', 'triton', 'cuda'],
                         default='auto', help='selective-scan backend')
     parser.add_argument('--json', help='also write the results to this JSON file')
+    parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
+                        help='override config entries, e.g. model.teacher=None')
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.repeat < 1:
         parser.error('--warmup must be >= 0 and --repeat >= 1')
@@ -172,6 +174,11 @@ def main(argv=None):
     if args.device.startswith('cuda') and not torch.cuda.is_available():
         sys.exit('--device cuda: no CUDA device is visible; use --device cpu')
     cfg = Config.fromfile(args.config)
+    if args.cfg_options:
+        from mmengine.config import DictAction
+        options = argparse.Namespace()
+        DictAction(['--cfg-options'], 'cfg_options')(None, options, args.cfg_options)
+        cfg.merge_from_dict(options.cfg_options)
     model, scope = build_model(cfg)
     init_default_scope(scope)
     height, width = args.shape or DEFAULT_SHAPES[scope]
