@@ -62,6 +62,24 @@ class VSSMBackboneMixin:
             raise ValueError(f'input {tuple(x.shape[2:])} is too small: H and W must be at least '
                              f'{min_size} pixels')
 
+    def forward_stages(self, x: torch.Tensor, blocks: str = 'blocks',
+                       channels_first: bool = False) -> Tuple[torch.Tensor, ...]:
+        """Run ``self.layers`` (each: ``<blocks>`` then ``downsample``) on the stem's output.
+
+        Returns the ``outnorm{i}``-normed outputs of ``out_indices`` as NCHW maps and stops
+        after the last requested stage.
+        """
+        outs = []
+        for i, stage in enumerate(self.layers):
+            x = getattr(stage, blocks)(x)
+            if i in self.out_indices:
+                out = getattr(self, f'outnorm{i}')(x)
+                outs.append(out if channels_first else out.permute(0, 3, 1, 2).contiguous())
+            if i == self.out_indices[-1]:
+                break
+            x = stage.downsample(x)
+        return tuple(outs)
+
     def is_pretrained_init(self) -> bool:
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
         return any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' for cfg in cfgs)

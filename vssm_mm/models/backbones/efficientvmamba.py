@@ -258,16 +258,7 @@ class EfficientVMamba(VSSMBackboneMixin, BaseModule):
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)
-        x = self.patch_embed(x)
-        outs = []
-        for i, stage in enumerate(self.layers):
-            x = stage.body(x)
-            if i in self.out_indices:
-                outs.append(getattr(self, f'outnorm{i}')(x).permute(0, 3, 1, 2).contiguous())
-            if i == self.out_indices[-1]:
-                break
-            x = stage.downsample(x)
-        return tuple(outs)
+        return self.forward_stages(self.patch_embed(x), 'body')
 
     def stem_and_stages(self):
         return self.patch_embed, list(self.layers)

@@ -622,16 +622,7 @@ class LocalVMamba(VSSMBackboneMixin, BaseModule):
 
     def forward(self, x: torch.Tensor):
         self.check_input(x, min_size=16)
-        x = self.patch_embed(x)
-        outs = []
-        for i, stage in enumerate(self.layers):
-            x = stage.blocks(x)
-            if i in self.out_indices:
-                outs.append(getattr(self, f'outnorm{i}')(x).permute(0, 3, 1, 2).contiguous())
-            if i == max(self.out_indices):
-                break
-            x = stage.downsample(x)
-        return tuple(outs)
+        return self.forward_stages(self.patch_embed(x), 'blocks')
 
     def stem_and_stages(self):
         return self.patch_embed, list(self.layers)

@@ -295,17 +295,7 @@ class MSVMamba(VSSMBackboneMixin, BaseModule):
 
     def forward(self, x: torch.Tensor):
         self.check_input(x, min_size=32 if self.channels_first else 16)
-        x = self.patch_embed(x)
-        outs = []
-        for i, stage in enumerate(self.layers):
-            x = stage.blocks(x)
-            if i in self.out_indices:
-                out = getattr(self, f'outnorm{i}')(x)
-                outs.append(out if self.channels_first else out.permute(0, 3, 1, 2).contiguous())
-            if i == max(self.out_indices):
-                break
-            x = stage.downsample(x)
-        return tuple(outs)
+        return self.forward_stages(self.patch_embed(x), 'blocks', self.channels_first)
 
     def stem_and_stages(self):
         return self.patch_embed, [stage for stage in self.layers]
