@@ -31,7 +31,7 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """Raised when a checkpoint asks for a global that is not on the allow-list."""
 
 
-class ConfigNodeStub(dict):
+class PlainConfigNode(dict):
     """Inert stand-in for a yacs ``CfgNode`` (a ``dict`` subclass): the values, no code."""
 
     def __setstate__(self, state):
@@ -46,7 +46,7 @@ class ConfigNodeStub(dict):
             raise AttributeError(name) from err
 
 
-class NamespaceStub(argparse.Namespace):
+class PlainNamespace(argparse.Namespace):
     """Inert stand-in for ``argparse.Namespace`` pickled by official trainers."""
 
 
@@ -106,8 +106,8 @@ def _builtin_globals():
                ('collections', 'defaultdict'): collections.defaultdict,
                ('collections', 'deque'): collections.deque,
                ('copyreg', '_reconstructor'): copyreg._reconstructor,
-               ('argparse', 'Namespace'): NamespaceStub,
-               ('yacs.config', 'CfgNode'): ConfigNodeStub,
+               ('argparse', 'Namespace'): PlainNamespace,
+               ('yacs.config', 'CfgNode'): PlainConfigNode,
                ('pathlib', 'PosixPath'): __import__('pathlib').PurePosixPath,
                ('pathlib', 'WindowsPath'): __import__('pathlib').PureWindowsPath,
                ('datetime', 'datetime'): __import__('datetime').datetime,
