@@ -2,7 +2,7 @@
 
 Examples::
 
-    # CPU: chunked reference vs the per-token loop, the shapes of the issue
+    # CPU: chunked reference vs the per-token loop at backbone widths (D 192-768, N 1 and 16)
     python tools/benchmark_ops.py --backends naive,reference
 
     # GPU: all backends at the stage-1 shapes of the four families, batch 128
@@ -94,9 +94,9 @@ def parse_args():
     parser.add_argument('--backends', default='naive,reference',
                         help="comma list of naive, reference, triton, cuda")
     parser.add_argument('--device', default='cpu')
-    parser.add_argument('--preset', choices=['issue', 'family'],
-                        default='issue',
-                        help="'issue': the grid below; 'family': stage-1 "
+    parser.add_argument('--preset', choices=['grid', 'family'],
+                        default='grid',
+                        help="'grid': D in {192, 768} x N in {1, 16} at L 3136; 'family': stage-1 "
                         'shapes of the four backbones')
     parser.add_argument('--batch', type=int, default=2)
     parser.add_argument('--channels', default='192,768')
