@@ -100,3 +100,26 @@ def run_smoke_training(cfg):
     runner = Runner.from_cfg(cfg)
     runner.train()
     return runner
+
+
+def count_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def read_key_dump(name):
+    """``{key: shape}`` from tests/fixtures/keys/<name>.txt (official state-dict dumps).
+
+    Lines are ``key<TAB>shape<TAB>dtype``; ``#`` lines are comments. A dump may hold a second
+    section after a ``# ----`` line (returned under the key ``'__sections__'`` as a list of
+    dicts, the first being the main one).
+    """
+    sections = [{}]
+    path = REPO / 'tests' / 'fixtures' / 'keys' / f'{name}.txt'
+    for line in path.read_text().splitlines():
+        if line.startswith('# ----'):
+            sections.append({})
+        if line.startswith('#') or not line.strip():
+            continue
+        key, shape, _ = line.split('\t')
+        sections[-1][key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
+    return sections[0] if len(sections) == 1 else dict(sections[0], __sections__=sections)

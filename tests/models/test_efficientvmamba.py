@@ -5,7 +5,8 @@ import math
 import pytest
 import torch
 from torch import nn
-from vssm_testing import REPO, has_mm_stack, run_smoke_training, run_tool, smoke_config
+from vssm_testing import (REPO, count_params, has_mm_stack, read_key_dump, run_smoke_training,
+                          run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
 from vssm_mm.checkpoint.convert import (ArchSpec, check_keys, convert_checkpoint,
@@ -33,21 +34,14 @@ FIXTURE_ARCH = dict(dims=(16, 32, 64, 128), depths=(1, 2, 2, 1))
 
 
 def _count(module):
-    return sum(p.numel() for p in module.parameters())
+    return count_params(module)
 
 
 def _read_dump(name):
     """(classifier state dict shapes, extra keys of the official detection backbone)."""
-    classifier, backbone_extra = {}, {}
-    target = classifier
-    for line in (FIXTURES / 'keys' / f'efficientvmamba_keys_{name}.txt').read_text().splitlines():
-        if line.startswith('# ----'):
-            target = backbone_extra
-        if line.startswith('#') or not line.strip():
-            continue
-        key, shape, _ = line.split('\t')
-        target[key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    return classifier, backbone_extra
+    dump = read_key_dump(f'efficientvmamba_keys_{name}')
+    sections = dump.pop('__sections__', [dump, {}])
+    return sections[0], sections[1]
 
 
 def _stage_sizes(height, width):

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vssm_testing import REPO, has_mm_stack, run_smoke_training, run_tool, smoke_config
+from vssm_testing import (REPO, count_params, has_mm_stack, read_key_dump, run_smoke_training,
+                          run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
 from vssm_mm.checkpoint.convert import (build_reference_keys, check_keys, convert_checkpoint,
@@ -36,17 +37,11 @@ SMALL = dict(stem_hidden_dim=8, embed_dims=(16, 32, 72, 96), depths=(1, 2, 2, 1)
 
 
 def _count(module):
-    return sum(p.numel() for p in module.parameters())
+    return count_params(module)
 
 
 def _read_dump(name):
-    shapes = {}
-    for line in (FIXTURES / 'keys' / f'groupmamba_keys_{name}.txt').read_text().splitlines():
-        if line.startswith('#') or not line.strip():
-            continue
-        key, shape, _ = line.split('\t')
-        shapes[key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    return shapes
+    return read_key_dump(f'groupmamba_keys_{name}')
 
 
 def _stage_sizes(height, width):

@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from vssm_testing import REPO, has_mm_stack, run_smoke_training, run_tool, smoke_config
+from vssm_testing import (REPO, count_params, has_mm_stack, read_key_dump, run_smoke_training,
+                          run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
 from vssm_mm.checkpoint.convert import (ARCHS, ArchSpec, ConversionError, build_reference_keys,
@@ -45,17 +46,11 @@ VMAMBA_SMALL = dict(dims=(16, 32, 64, 128), depths=(1, 1, 2, 1),
 
 
 def _count(module):
-    return sum(p.numel() for p in module.parameters())
+    return count_params(module)
 
 
 def _read_dump(name):
-    shapes = {}
-    for line in (FIXTURES / 'keys' / f'localmamba_keys_{name}.txt').read_text().splitlines():
-        if line.startswith('#') or not line.strip():
-            continue
-        key, shape, _ = line.split('\t')
-        shapes[key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    return shapes
+    return read_key_dump(f'localmamba_keys_{name}')
 
 
 @pytest.mark.parametrize('family,arch', list(PARAMS), ids=lambda x: str(x))

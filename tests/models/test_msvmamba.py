@@ -4,7 +4,8 @@ import math
 
 import pytest
 import torch
-from vssm_testing import REPO, has_mm_stack, run_smoke_training, run_tool, smoke_config
+from vssm_testing import (REPO, count_params, has_mm_stack, read_key_dump, run_smoke_training,
+                          run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
 from vssm_mm.checkpoint.convert import (ArchSpec, check_keys, convert_checkpoint,
@@ -24,17 +25,11 @@ CLASSIFIER_KEYS = {'classifier.norm.': 'backbone.outnorm3.', 'classifier.head.':
 
 
 def _count(module):
-    return sum(p.numel() for p in module.parameters())
+    return count_params(module)
 
 
 def _read_dump(name):
-    shapes = {}
-    for line in (FIXTURES / 'keys' / f'msvmamba_keys_{name}.txt').read_text().splitlines():
-        if line.startswith('#') or not line.strip():
-            continue
-        key, shape, _ = line.split('\t')
-        shapes[key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
-    return shapes
+    return read_key_dump(f'msvmamba_keys_{name}')
 
 
 @pytest.mark.parametrize('arch', list(PARAMS))
