@@ -8,7 +8,8 @@
 Default input sizes are the papers': 224x224 for classification, 1280x800 (W x H) for
 detection and 512x2048 (H x W) for segmentation; ``--shape H W`` overrides. The selective scan
 counts ``9 B L D N + B D L`` (+ ``B D L`` with a z gate); element-wise ops count zero, as in
-the official analysis scripts. ``--all`` prints every config with the values the papers report
+the official analysis scripts. Where a paper used an analytic formula instead (LocalVim), that
+count is printed too. ``--all`` prints every config with the values the papers report
 (from configs/<family>/metafile.yml) beside ours.
 """
 import argparse
@@ -112,10 +113,15 @@ def analyse(config, shape=None):
     with torch.no_grad():
         result = model_complexity(wrapped, torch.randn(1, 3, height, width))
     backbone = getattr(model, 'backbone', None)
-    return dict(config=osp.relpath(osp.abspath(config), ROOT), task=scope, input=[height, width],
-                params=result['params'],
-                backbone_params=sum(p.numel() for p in backbone.parameters()) if backbone else None,
-                flops=int(result['flops']))
+    row = dict(config=osp.relpath(osp.abspath(config), ROOT), task=scope, input=[height, width],
+               params=result['params'],
+               backbone_params=sum(p.numel() for p in backbone.parameters()) if backbone else None,
+               flops=int(result['flops']))
+    if scope == 'mmpretrain' and hasattr(backbone, 'paper_flops'):
+        # Families whose paper used an analytic formula (LocalVim) report it too.
+        row['paper_formula_flops'] = int(backbone.paper_flops(height, width,
+                                                              cfg.model.head.num_classes))
+    return row
 
 
 def load_reported():
@@ -169,19 +175,24 @@ def main(argv=None):
             print(f"config:   {row['config']}\ninput:    {row['input'][0]}x{row['input'][1]} "
                   f"(HxW)\nparams:   {row['params']:,} ({_fmt_count(row['params'], 'M')})\n"
                   f"FLOPs:    {row['flops']:,} ({_fmt_count(row['flops'], 'G')})")
+            if 'paper_formula_flops' in row:
+                print(f"paper's analytic formula: {row['paper_formula_flops']:,} "
+                      f"({_fmt_count(row['paper_formula_flops'], 'G')})")
             if row['reported']:
                 print(f"reported: params {row['reported'].get('Parameters', '-')}, "
                       f"FLOPs {row['reported'].get('FLOPs', '-')}")
     if args.all:
         header = f"{'config':48s} {'input':>10s} {'params':>10s} {'paper':>8s} " \
-                 f"{'FLOPs':>10s} {'paper':>8s} {'official code':>13s}"
+                 f"{'FLOPs':>10s} {'formula':>9s} {'paper':>8s} {'official code':>13s}"
         print(header)
         print('-' * len(header))
         for row in rows:
             rep = row['reported']
             print(f"{row['config']:48s} {row['input'][0]:>4d}x{row['input'][1]:<5d} "
                   f"{_fmt_count(row['params'], 'M'):>10s} {str(rep.get('Parameters', '-')):>8s} "
-                  f"{_fmt_count(row['flops'], 'G'):>10s} {str(rep.get('FLOPs', '-')):>8s} "
+                  f"{_fmt_count(row['flops'], 'G'):>10s} "
+                  f"{_fmt_count(row.get('paper_formula_flops'), 'G'):>9s} "
+                  f"{str(rep.get('FLOPs', '-')):>8s} "
                   f"{str(rep.get('Official code FLOPs', '-')):>13s}")
     if args.json:
         with open(args.json, 'w') as f:

@@ -540,3 +540,11 @@ def test_export_directions_from_supernet_checkpoint(tmp_path, family, arch, base
 def MODELS_BUILD(cfg):
     from vssm_mm.registry import MODELS
     return MODELS.build(cfg)
+
+
+@pytest.mark.parametrize('arch,official', [('tiny', 1.482e9), ('tiny_mid', 1.489e9),
+                                           ('small', 4.771e9)])
+def test_paper_flops_formula_matches_official_count(arch, official):
+    """The official analytic FLOP formula (what the paper reports) at 224x224."""
+    flops = LocalVim(arch).paper_flops(224, 224, 1000)
+    assert abs(flops / official - 1) < 0.002

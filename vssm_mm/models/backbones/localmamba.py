@@ -453,6 +453,35 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._is_init = True
 
+    def paper_flops(self, height: int = 224, width: int = 224, num_classes: int = 1000) -> int:
+        """FLOPs as the LocalVim paper counts them (the official model's analytic formula).
+
+        Per layer: in_proj, one causal conv1d, one x_proj and one dt_proj (the paper counts
+        these once although every direction has its own), per direction the scan terms
+        ``D·L·N (A) + 2·D·L·N (B) + 2·D·N·L (C) + D·L (D) + D·L (z)``, the two channel-attention
+        linears, out_proj and ``L·dim`` for the norm; plus the patch-embedding convolution and a
+        ``dim x num_classes`` head. tools/get_flops.py reports this beside the traced count, which
+        counts every direction's projections (about 0.27 GFLOPs more for LocalVim-T).
+        """
+        patch = self.patch_embed.patch_size
+        dim = self.patch_embed.proj.out_channels
+        grid = math.ceil(height / patch) * math.ceil(width / patch)
+        flops = 3 * patch * patch * dim * grid
+        length = grid + int(self.use_cls)
+        for layer in self.layers:
+            mixer = layer.mixer
+            d_inner, d_state = mixer.d_inner, mixer.A_log_0.shape[1]
+            flops += mixer.in_proj.in_features * mixer.in_proj.out_features * length
+            flops += (length + mixer.d_conv - 1) * d_inner * mixer.d_conv
+            flops += length * mixer.x_proj_0.in_features * mixer.x_proj_0.out_features
+            flops += length * mixer.dt_proj_0.in_features * mixer.dt_proj_0.out_features
+            flops += len(mixer.directions) * (5 * d_inner * length * d_state + 2 * d_inner * length)
+            for linear in (mixer.attn.global_reduce, mixer.attn.channel_select):
+                flops += linear.in_features * linear.out_features
+            flops += length * mixer.out_proj.in_features * mixer.out_proj.out_features
+            flops += length * mixer.out_proj.out_features
+        return flops + dim * num_classes
+
     def stem_and_stages(self):
         bounds = (0, ) + tuple(end + 1 for end in self.stage_ends)
         stages = [nn.ModuleList(self.layers[bounds[s]:bounds[s + 1]])
