@@ -43,7 +43,9 @@ def main(argv=None):
              'Every config with the results its paper reports. *Params/FLOPs (ours)* are '
              'measured by `tools/get_flops.py` (224x224 for classification, 1280x800 for '
              'detection, 512x2048 for segmentation; the selective scan counted as the papers '
-             'count it). Official checkpoints convert with '
+             'count it); where they read "-", fill them with `python tools/get_flops.py --all '
+             '--json flops.json && python tools/make_model_zoo.py --flops flops.json` (the '
+             'family pages list measured values). Official checkpoints convert with '
              '`python tools/convert_checkpoint.py --arch ARCH SRC DST`; see each family page '
              'for the reproduce commands.', '']
     for path in sorted(glob.glob(osp.join(ROOT, 'configs', '*', 'metafile.yml'))):
