@@ -89,6 +89,7 @@ def smoke_config(config_path, task, demo_root, work_dir, iters=1, validate=True)
     cfg.default_hooks.logger = dict(type='LoggerHook', interval=1, log_metric_by_epoch=False)
     cfg.default_hooks.checkpoint = dict(type='CheckpointHook', by_epoch=False, interval=iters)
     cfg.pop('auto_scale_lr', None)
+    cfg.randomness = dict(seed=0)  # the same run on every machine
     cfg.work_dir = str(work_dir)
     cfg.launcher = 'none'
     return cfg
