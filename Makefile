@@ -3,11 +3,12 @@ VENV ?= .venv
 PYTHON ?= $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install test test-fast demo demo-cls demo-seg clean-venv help
+.PHONY: install test check-cuda-build test-fast demo demo-cls demo-seg clean-venv help
 
 help:
 	@echo "make install    create/reuse $(VENV) and install vssm_mm with mmcv/mmengine/mmdet/mmseg/mmpretrain"
 	@echo "make test       install what is missing, then run the test suite"
+	@echo "make check-cuda-build  compile and link the CUDA extension (needs nvcc, not a GPU)"
 	@echo "make test-fast  run the tests without the slow end-to-end ones"
 	@echo "make demo       train MSVMamba-Nano Mask R-CNN on generated data (CPU, minutes) and show it learned"
 	@echo "make demo-cls   the same for image classification"
@@ -16,8 +17,12 @@ help:
 install:
 	VSSM_VENV=$(abspath $(VENV)) bash tools/install.sh
 
-test: install
+test: install check-cuda-build
 	VSSM_REQUIRE_MM_STACK=1 $(PYTHON) -m pytest $(PYTEST_ARGS)
+
+# Compile-and-link check of csrc/ (no GPU needed; skipped without nvcc; cached by a source hash).
+check-cuda-build: install
+	$(PYTHON) tools/check_cuda_build.py
 
 test-fast: install
 	VSSM_REQUIRE_MM_STACK=1 $(PYTHON) -m pytest -m "not slow" $(PYTEST_ARGS)

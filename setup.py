@@ -33,6 +33,14 @@ def _skip(reason):
     return [], {}
 
 
+def _usable_toolkit(cuda_home):
+    """A CUDA toolkit root with the runtime headers: ``cuda_home`` or /usr/local/cuda."""
+    for root in (cuda_home, '/usr/local/cuda'):
+        if root and os.path.isfile(os.path.join(root, 'include', 'cuda_runtime_api.h')):
+            return root
+    return None
+
+
 def cuda_extensions():
     """Return (ext_modules, cmdclass) for the CUDA extension, or empty ones with a message."""
     sources = sorted(glob.glob(os.path.join('csrc', '**', '*.cu'), recursive=True) +
@@ -61,6 +69,18 @@ def cuda_extensions():
             raise RuntimeError('FORCE_CUDA=1 but no CUDA toolkit was found: set CUDA_HOME to the '
                                'toolkit root (the directory holding bin/nvcc)')
         return _skip('no CUDA toolkit found (set CUDA_HOME)')
+    cuda_home = _usable_toolkit(CUDA_HOME)
+    if cuda_home is None:
+        message = (f'the CUDA toolkit at {CUDA_HOME} has no include/cuda_runtime_api.h; set '
+                   'CUDA_HOME to the toolkit root (the directory holding bin/nvcc and include/)')
+        if force:
+            raise RuntimeError('FORCE_CUDA=1 but ' + message)
+        return _skip(message)
+    if cuda_home != CUDA_HOME:
+        # nvcc on PATH can be a wrapper outside the toolkit; point torch at the real root.
+        import torch.utils.cpp_extension as cpp_extension
+        cpp_extension.CUDA_HOME = cuda_home
+        os.environ['CUDA_HOME'] = cuda_home
     if not force and not os.environ.get('TORCH_CUDA_ARCH_LIST'):
         return _skip('neither FORCE_CUDA=1 nor TORCH_CUDA_ARCH_LIST is set')
     # Without this torch would ask the driver for the visible GPUs' architectures.
@@ -68,7 +88,7 @@ def cuda_extensions():
     torch_major_minor = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
     cxx_std = '-std=c++20' if torch_major_minor >= (2, 13) else '-std=c++17'
     print(f"[vssm_mm] building the CUDA extension for TORCH_CUDA_ARCH_LIST="
-          f"{os.environ['TORCH_CUDA_ARCH_LIST']} with {CUDA_HOME} ({cxx_std}, "
+          f"{os.environ['TORCH_CUDA_ARCH_LIST']} with {cuda_home} ({cxx_std}, "
           f"MAX_JOBS={os.environ.get('MAX_JOBS', 'auto')})", file=sys.stderr)
     ext = CUDAExtension(
         name='vssm_mm._C',

@@ -1,51 +1,86 @@
-"""The 'cuda' backend: a thin adapter over the ``vssm_mm._C`` extension.
+"""The 'cuda' backend: an adapter over the ``vssm_mm._C`` extension built from ``csrc/``.
 
-The extension (built from ``csrc/`` with
-``FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=... pip install -e . --no-build-isolation``)
-is expected to expose the VMamba "oflex"-style entry points, plus z:
+Build it with ``FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=... pip install -e . --no-build-isolation``.
+The extension exposes (docs/selective_scan.md, "The cuda backend"):
 
-* ``selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
-  out_float32) -> [out, x]``: u, delta, z (batch, channels, L) with a
-  contiguous last dim; B, C (batch, G, N, L); A (channels, N), D (channels),
-  delta_bias (delta channels) fp32, optional ones as None; ``out`` gated by
-  silu(z) when z is given; ``x`` (batch, channels, n_chunks, N) fp32, the
-  state at the end of every chunk (its last chunk is the last state).
-* ``selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, dout, x,
-  delta_softplus) -> [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]`` with
-  None for absent inputs and gradients in the inputs' dtypes.
+* ``selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32)
+  -> [out, x]``: u, delta, z (batch, channels, L); B, C (batch, G, N, L), all in one dtype
+  (fp32, fp16 or bf16); A (channels, N), D (channels), delta_bias (delta channels) fp32,
+  optional ones None; ``out`` gated by silu(z) when z is given; ``x`` (batch, channels,
+  n_chunks, N) fp32, the state after every chunk of ``chunk_length(L)`` tokens (its last
+  chunk is the last state).
+* ``selective_scan_bwd(u, delta, A, B, C, D, z, delta_bias, dout, x, delta_softplus)
+  -> [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]``: None for absent inputs, gradients in
+  the inputs' dtypes; ``dout`` fp32 or u's dtype.
 
-Gradients through the returned last state are not supported by that
-interface; this adapter raises instead of silently dropping them.
+This adapter casts delta, B, C and z to u's dtype and A, D, delta_bias to fp32 when they come
+in other dtypes (the interface allows it), and casts the gradients back.
+
+Gradients through the returned last state are not supported by the kernels; the adapter
+raises instead of silently dropping them.
 """
 import importlib
+
+import torch
+
+_KERNEL_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
 
 def _ext():
     return importlib.import_module('vssm_mm._C')
 
 
+def chunk_length(length):
+    """Tokens per saved state for a sequence of ``length`` tokens (as the kernels use)."""
+    return 128 if length <= 128 else 512 if length <= 512 else 2048
+
+
+def num_chunks(length):
+    return -(-length // chunk_length(length))
+
+
+def _check_dtype(u):
+    if u.dtype not in _KERNEL_DTYPES:
+        raise TypeError(f"backend='cuda' runs fp32, fp16 and bf16 inputs, got {u.dtype}; use "
+                        "backend='reference' (for example for float64 gradcheck)")
+
+
+def _prepare(u, delta, A, B, C, D, z, delta_bias):
+    """Contiguous tensors in the dtypes the kernels take."""
+    _check_dtype(u)
+
+    def like_u(x):
+        return None if x is None else x.to(u.dtype).contiguous()
+
+    def fp32(x):
+        return None if x is None else x.to(torch.float32).contiguous()
+
+    return (u.contiguous(), like_u(delta), fp32(A), like_u(B), like_u(C), fp32(D), like_u(z),
+            fp32(delta_bias))
+
+
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32):
     """Backend contract: see :func:`.reference.forward`."""
-    u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))
-    z = z.contiguous() if z is not None else None
-    out, states = _ext().selective_scan_fwd(u, delta, A, B, C, D, z,
-                                            delta_bias, bool(delta_softplus),
-                                            bool(out_float32))
+    args = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    out, states = _ext().selective_scan_fwd(*args, bool(delta_softplus), bool(out_float32))
     return out, states[:, :, -1], (states, ), None
 
 
-def backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias,
-             delta_softplus, saved, meta):
+def backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved,
+             meta):
     """Backend contract: see :func:`.reference.backward`."""
-    if dlast_state is not None:
+    # (torch.compile's autograd may hand over zeros for an unused last state)
+    if dlast_state is not None and bool(dlast_state.any()):
         raise NotImplementedError(
-            "backend='cuda' cannot backpropagate through the returned last "
-            "state; use backend='reference' or 'triton' for that")
-    (states, ) = saved
-    u, delta, B, C = (x.contiguous() for x in (u, delta, B, C))
-    z = z.contiguous() if z is not None else None
+            "backend='cuda' cannot backpropagate through the returned last state; use "
+            "backend='reference' or 'triton' for that")
     if dout is None:
         raise RuntimeError('selective_scan backward got no output gradient')
-    return tuple(_ext().selective_scan_bwd(u, delta, A, B, C, D, z,
-                                           delta_bias, dout, states,
-                                           bool(delta_softplus)))
+    (states, ) = saved
+    args = _prepare(u, delta, A, B, C, D, z, delta_bias)
+    if dout.dtype not in (torch.float32, u.dtype):
+        dout = dout.float()
+    grads = _ext().selective_scan_bwd(*args, dout.contiguous(), states, bool(delta_softplus))
+    inputs = (u, delta, A, B, C, D, z, delta_bias)
+    return tuple(None if g is None or x is None else g.to(x.dtype)
+                 for g, x in zip(grads, inputs))

@@ -16,13 +16,16 @@ from .backends import load_backend
 from .common import compute_dtype
 
 # Backends whose forward saves exactly one tensor for backward and no meta.
-COMPILABLE_BACKENDS = ('reference', 'triton')
+COMPILABLE_BACKENDS = ('reference', 'triton', 'cuda')
 
 
 def _saved_chunks(backend, u, B):
     """Number of chunks of the saved states, as the backend will produce."""
     batch, channels, length = u.shape
     groups, d_state = B.shape[1], B.shape[2]
+    if backend == 'cuda':
+        from .cuda_backend import num_chunks
+        return num_chunks(length)
     if backend == 'triton':
         from .triton_backend import block_sizes
         block_l = block_sizes(channels, groups, d_state, length)[2]
@@ -54,7 +57,7 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32,
     last_state = u.new_empty((batch, channels, d_state), dtype=dtype)
     saved = u.new_empty(
         (batch, channels, _saved_chunks(backend, u, B), d_state),
-        dtype=torch.float32 if backend == 'triton' else dtype)
+        dtype=torch.float32 if backend in ('triton', 'cuda') else dtype)
     return out, last_state, saved
 
 

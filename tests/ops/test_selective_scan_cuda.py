@@ -1,0 +1,163 @@
+"""The 'cuda' backend (the csrc/ extension) vs the reference backend.
+
+These tests need a GPU and the extension built
+(``FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0 pip install -e . --no-build-isolation``);
+elsewhere they skip. The compile-and-link check without a GPU is
+``tools/check_cuda_build.py`` (run by ``make test``).
+"""
+import importlib
+import importlib.util
+import os.path as osp
+
+import pytest
+import torch
+
+from vssm_mm.ops.selective_scan import cuda_backend, selective_scan
+from vssm_mm.ops.selective_scan.backends import unavailable_reason
+
+ON_GPU = torch.cuda.is_available()
+REASON = unavailable_reason('cuda', 'cuda') if ON_GPU else 'needs a CUDA GPU'
+needs_extension = pytest.mark.skipif(REASON is not None, reason=f'{REASON}')
+pytestmark = pytest.mark.gpu
+
+
+def _load_sibling(name):
+    spec = importlib.util.spec_from_file_location(
+        f'_{name}_helpers', osp.join(osp.dirname(__file__), f'{name}.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_helpers = _load_sibling('test_selective_scan')
+REL_TOL, assert_close = _helpers.REL_TOL, _helpers.assert_close
+make_inputs, run = _helpers.make_inputs, _helpers.run
+
+
+def compare_with_reference(tol=None, **shape):
+    """Values (output, last state) and every input gradient, last-state gradient off
+    (the kernels do not take one)."""
+    inputs = {k: v.detach().cuda().requires_grad_() if v is not None else None
+              for k, v in make_inputs(**shape).items()}
+    gen = torch.Generator().manual_seed(1)
+    out_dtype = inputs['u'].dtype
+    out_grad = torch.randn(inputs['u'].shape, generator=gen).to(out_dtype).cuda()
+    expected, _, _ = run(selective_scan, inputs, out_grad, None, backend='reference')
+    actual, _, _ = run(selective_scan, inputs, out_grad, None, backend='cuda')
+    dtype = shape.get('dtype', torch.float32)
+    # Different summation orders (block scans, fp32 atomics): a few fp32 ulps of the
+    # largest value, more for long sequences.
+    tol = tol or max(REL_TOL[dtype], 2e-5 if shape.get('length', 37) < 5000 else 1e-4)
+    assert_close(actual, expected, tol, context=str(shape))
+
+
+LENGTHS = [1, 49, 1023, 2048, 4097, 66800]
+
+
+@needs_extension
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('d_state', [1, 16])
+@pytest.mark.parametrize('length', LENGTHS)
+@pytest.mark.parametrize('groups', [1, 4])
+@pytest.mark.parametrize('with_z', [False, True])
+def test_cuda_matches_reference(dtype, d_state, length, groups, with_z):
+    batch, channels = (1, 8) if length > 10000 else (2, 16)
+    compare_with_reference(batch=batch, channels=channels, length=length, d_state=d_state,
+                           groups=groups, dtype=dtype, with_z=with_z)
+
+
+@needs_extension
+@pytest.mark.parametrize('delta_ratio,d_state,length', [(2, 16, 300), (4, 1, 3136),
+                                                        (2, 64, 777)])
+def test_cuda_delta_groups_and_large_n(delta_ratio, d_state, length):
+    compare_with_reference(batch=2, channels=16, length=length, d_state=d_state, groups=2,
+                           delta_ratio=delta_ratio)
+
+
+@needs_extension
+@pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
+def test_cuda_out_float32(dtype):
+    inputs = {k: v.detach().cuda().requires_grad_() if v is not None else None
+              for k, v in make_inputs(dtype=dtype, length=3000, channels=16).items()}
+    args = [inputs[k] for k in 'u delta A B C'.split()]
+    outs = {}
+    for backend in ('reference', 'cuda'):
+        out = selective_scan(*args, D=inputs['D'], z=inputs['z'], delta_bias=inputs['delta_bias'],
+                             delta_softplus=True, out_float32=True, backend=backend)
+        assert out.dtype == torch.float32
+        grads = torch.autograd.grad(out.square().sum(), args)
+        outs[backend] = (out, grads)
+    assert torch.allclose(outs['cuda'][0], outs['reference'][0], rtol=1e-4, atol=1e-4)
+    for g_cuda, g_ref in zip(outs['cuda'][1], outs['reference'][1]):
+        scale = g_ref.float().abs().max()
+        assert (g_cuda.float() - g_ref.float()).abs().max() <= REL_TOL[dtype] * scale
+
+
+@needs_extension
+def test_cuda_mixed_input_dtypes():
+    """B/C/delta in other dtypes than u are cast by the adapter; gradients come back in the
+    inputs' own dtypes."""
+    inputs = {k: v.detach().cuda() for k, v in make_inputs(length=200).items()}
+    u = inputs['u'].to(torch.bfloat16).requires_grad_()
+    B = inputs['B'].requires_grad_()  # fp32
+    out = selective_scan(u, inputs['delta'].half(), inputs['A'], B, inputs['C'],
+                         D=inputs['D'], delta_softplus=True, backend='cuda')
+    du, dB = torch.autograd.grad(out.float().sum(), [u, B])
+    assert du.dtype == torch.bfloat16 and dB.dtype == torch.float32
+
+
+@needs_extension
+def test_cuda_refuses_last_state_gradient_and_fp64():
+    inputs = {k: v.detach().cuda().requires_grad_() for k, v in make_inputs(length=20).items()}
+    _, last = selective_scan(inputs['u'], inputs['delta'], inputs['A'], inputs['B'],
+                             inputs['C'], return_last_state=True, backend='cuda')
+    with pytest.raises(NotImplementedError, match='last state'):
+        last.sum().backward()
+    with pytest.raises(TypeError, match='reference'):
+        selective_scan(*(inputs[k].detach().double() for k in 'u delta'.split()),
+                       inputs['A'].detach().double(),
+                       *(inputs[k].detach().double() for k in 'B C'.split()), backend='cuda')
+
+
+@needs_extension
+def test_cuda_chunk_plan_matches_python():
+    ext = importlib.import_module('vssm_mm._C')
+    for length in (1, 128, 129, 512, 513, 3136, 66800):
+        assert ext.chunk_length(length) == cuda_backend.chunk_length(length)
+    inputs = {k: v.detach().cuda() for k, v in make_inputs(length=3000).items()}
+    states = cuda_backend.forward(inputs['u'], inputs['delta'], inputs['A'], inputs['B'],
+                                  inputs['C'], None, None, None, True, False)[2][0]
+    assert states.shape[2] == cuda_backend.num_chunks(3000) == 2
+
+
+@needs_extension
+def test_cuda_backend_is_auto_on_gpu_and_compiles(monkeypatch):
+    monkeypatch.delenv('VSSM_SCAN_BACKEND', raising=False)
+    from vssm_mm.ops.selective_scan import resolve_backend
+    assert resolve_backend(None, 'cuda') == 'cuda'
+    inputs = {k: v.detach().cuda().requires_grad_() if v is not None else None
+              for k, v in make_inputs(length=300, channels=16).items()}
+    args = [inputs[k] for k in 'u delta A B C'.split()]
+
+    def f(*xs):
+        return selective_scan(*xs, D=inputs['D'], z=inputs['z'], delta_bias=inputs['delta_bias'],
+                              delta_softplus=True)
+
+    eager = f(*args)
+    compiled = torch.compile(f, fullgraph=True)(*args)
+    assert torch.allclose(compiled, eager, rtol=1e-5, atol=1e-5)
+    g_eager = torch.autograd.grad(eager.sum(), args)
+    g_compiled = torch.autograd.grad(compiled.sum(), args)
+    for a, b in zip(g_compiled, g_eager):
+        assert torch.allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_chunk_plan_of_the_adapter():
+    """Runs everywhere: the Python mirror of scan_chunk_length() in csrc/."""
+    header = open(osp.join(osp.dirname(__file__), '..', '..', 'csrc', 'selective_scan',
+                           'selective_scan.h')).read()
+    assert 'if (length <= 128) return 128;' in header
+    assert 'if (length <= 512) return 512;' in header and 'return 2048;' in header
+    assert [cuda_backend.chunk_length(n) for n in (1, 128, 129, 512, 513, 66800)] == \
+        [128, 128, 512, 512, 2048, 2048]
+    assert cuda_backend.num_chunks(66800) == 33
