@@ -161,3 +161,20 @@ def test_chunk_plan_of_the_adapter():
     assert [cuda_backend.chunk_length(n) for n in (1, 128, 129, 512, 513, 66800)] == \
         [128, 128, 512, 512, 2048, 2048]
     assert cuda_backend.num_chunks(66800) == 33
+
+
+def test_custom_op_fake_shapes_for_the_cuda_backend():
+    """Runs everywhere: torch.compile traces the 'cuda' backend through the op's fake
+    implementation, whose saved-state shape must be what the kernels return."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from vssm_mm.ops.selective_scan.library import selective_scan_op
+    with FakeTensorMode():
+        u = torch.empty(2, 16, 3000, dtype=torch.bfloat16)
+        B = torch.empty(2, 4, 16, 3000, dtype=torch.bfloat16)
+        out, last, saved = selective_scan_op(u, u, torch.empty(16, 16), B, B, None, None, None,
+                                             True, True, 'cuda')
+    assert out.shape == u.shape and out.dtype == torch.float32
+    assert last.shape == (2, 16, 16)
+    assert saved.shape == (2, 16, cuda_backend.num_chunks(3000), 16)
+    assert saved.dtype == torch.float32
