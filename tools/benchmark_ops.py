@@ -11,6 +11,8 @@ Examples::
 
 'naive' is :func:`selective_scan_naive` (a Python loop over tokens,
 differentiated by autograd); the others are ``selective_scan(backend=...)``.
+GB/s is the compulsory memory traffic (:func:`compulsory_bytes`) over the best time; on a GPU
+the last column compares it with the device's peak bandwidth.
 """
 import argparse
 import itertools
@@ -35,6 +37,39 @@ FAMILY_SHAPES = {
 }
 DTYPES = {'fp32': torch.float32, 'fp16': torch.float16,
           'bf16': torch.bfloat16}
+# Peak HBM bandwidth (GB/s) by device name, for the '% of peak' column; --peak-gbs overrides.
+PEAK_GBS = {'H200': 4800, 'H100 NVL': 3900, 'H100 PCIe': 2000, 'H100': 3350,
+            'A100-SXM4-80GB': 2039, 'A100 80GB PCIe': 1935, 'A100': 1555}
+
+
+def compulsory_bytes(mode, batch, channels, d_state, length, groups, in_size, out_size):
+    """Bytes a scan must move through memory at least (each input read once, each output
+    written once; the tiny per-chunk states and per-channel vectors are left out).
+
+    forward: u, delta (read), out (written), B and C (read once per group);
+    backward: u, delta, dout, B, C (read), du, ddelta, dB, dC (written).
+    """
+    rows = batch * channels * length
+    bc = batch * groups * d_state * length
+    forward = rows * (2 * in_size + out_size) + 2 * bc * in_size
+    if mode == 'fwd':
+        return forward
+    backward = rows * (2 * in_size + out_size) + 2 * bc * in_size + rows * 2 * in_size + \
+        2 * bc * in_size
+    return forward + backward
+
+
+def peak_bandwidth(device, override=None):
+    """Peak memory bandwidth in GB/s of a CUDA device (None when unknown)."""
+    if override:
+        return override
+    if not str(device).startswith('cuda'):
+        return None
+    name = torch.cuda.get_device_name(torch.device(device))
+    for key, value in PEAK_GBS.items():
+        if key in name:
+            return value
+    return None
 
 
 def make_inputs(batch, channels, d_state, length, groups, dtype, device,
@@ -58,11 +93,11 @@ def make_inputs(batch, channels, d_state, length, groups, dtype, device,
     return {k: v.to(device).requires_grad_() for k, v in tensors.items()}
 
 
-def run_once(backend, inputs, mode, grad):
+def run_once(backend, inputs, mode, grad, out_float32=False):
     args = (inputs['u'], inputs['delta'], inputs['A'], inputs['B'],
             inputs['C'])
     kwargs = dict(D=inputs['D'], delta_bias=inputs['delta_bias'],
-                  delta_softplus=True)
+                  delta_softplus=True, out_float32=out_float32)
     if backend == 'naive':
         out = selective_scan_naive(*args, **kwargs)
     else:
@@ -112,6 +147,11 @@ def parse_args():
     parser.add_argument('--timer', choices=['wall', 'cpu'], default='wall',
                         help="'cpu': process CPU time (with --threads 1, "
                         'robust to other load on the machine)')
+    parser.add_argument('--out-float32', action='store_true',
+                        help='fp32 output for fp16/bf16 inputs (as VMamba v2 / MSVMamba v2 use)')
+    parser.add_argument('--peak-gbs', type=float, default=None,
+                        help='peak memory bandwidth in GB/s for the %%-of-peak column '
+                        '(default: known from the GPU name)')
     parser.add_argument('--json', help='also write the rows to this file')
     return parser.parse_args()
 
@@ -132,8 +172,14 @@ def main():
     backends = args.backends.split(',')
     rows, unavailable = [], set()
     header = (f"{'shape':<22}{'mode':<8}{'backend':<11}{'min ms':>10}"
-              f"{'median ms':>11}{'vs naive':>10}")
-    print(f'device={args.device} batch={args.batch} dtype={args.dtype} '
+              f"{'median ms':>11}{'vs naive':>10}{'GB/s':>9}{'% peak':>8}")
+    peak = peak_bandwidth(args.device, args.peak_gbs)
+    device_name = (torch.cuda.get_device_name(torch.device(args.device))
+                   if args.device.startswith('cuda') else 'cpu')
+    in_size = DTYPES[args.dtype].itemsize
+    out_size = 4 if args.out_float32 else in_size
+    print(f'device={args.device} ({device_name}, peak {peak or "?"} GB/s) batch={args.batch} '
+          f'dtype={args.dtype} out_float32={args.out_float32} '
           f'threads={torch.get_num_threads()} timer={args.timer}')
     print(header)
     print('-' * len(header))
@@ -141,8 +187,8 @@ def main():
         groups = groups if channels % groups == 0 else 1
         inputs = make_inputs(args.batch, channels, d_state, length, groups,
                              DTYPES[args.dtype], args.device)
-        grad = torch.randn(args.batch, channels, length,
-                           device=args.device).to(DTYPES[args.dtype])
+        grad = torch.randn(args.batch, channels, length, device=args.device).to(
+            torch.float32 if args.out_float32 else DTYPES[args.dtype])
         for mode in args.modes.split(','):
             baseline = None
             for backend in backends:
@@ -150,7 +196,7 @@ def main():
                     continue
                 try:
                     best, median = timeit(
-                        lambda: run_once(backend, inputs, mode, grad),
+                        lambda: run_once(backend, inputs, mode, grad, args.out_float32),
                         args.device, args.warmup, args.repeat, args.timer)
                 except (RuntimeError, ValueError) as err:
                     print(f'{backend}: skipped from here on: {err}')
@@ -159,6 +205,9 @@ def main():
                 if backend == 'naive':
                     baseline = best
                 speedup = baseline / best if baseline else float('nan')
+                gbs = compulsory_bytes(mode, args.batch, channels, d_state, length, groups,
+                                       in_size, out_size) / best / 1e9
+                of_peak = 100 * gbs / peak if peak else float('nan')
                 rows.append(dict(shape=name, channels=channels,
                                  d_state=d_state, length=length,
                                  groups=groups, batch=args.batch,
@@ -167,9 +216,12 @@ def main():
                                  timer=args.timer,
                                  mode=mode, backend=backend,
                                  min_ms=best * 1e3, median_ms=median * 1e3,
-                                 speedup_vs_naive=speedup))
-                print(f'{name:<22}{mode:<8}{backend:<11}{best * 1e3:>10.1f}'
-                      f'{median * 1e3:>11.1f}{speedup:>10.1f}', flush=True)
+                                 speedup_vs_naive=speedup, out_float32=args.out_float32,
+                                 device_name=device_name, achieved_gbs=gbs,
+                                 peak_gbs=peak, percent_of_peak=of_peak))
+                print(f'{name:<22}{mode:<8}{backend:<11}{best * 1e3:>10.3f}'
+                      f'{median * 1e3:>11.3f}{speedup:>10.1f}{gbs:>9.1f}{of_peak:>8.1f}',
+                      flush=True)
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(rows, f, indent=1)
