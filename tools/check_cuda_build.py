@@ -4,7 +4,7 @@
 Builds ``vssm_mm._C`` into a temporary directory (nothing is installed or written into the
 repository), then imports it in a fresh process, which resolves every symbol against torch and
 the CUDA runtime, and checks the entry points the 'cuda' backend calls. A passing result is
-remembered under ``~/.cache/vssm_mm/cuda-build-check/`` keyed by a hash of csrc/, setup.py,
+remembered under ``~/.cache/vssm_mm/cuda-build-check/`` keyed by a hash of the sources in csrc/, setup.py,
 the torch and nvcc versions and the architecture list, so an unchanged csrc/ costs no time.
 
     python tools/check_cuda_build.py                 # skips (exit 0) when there is no nvcc
@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+SOURCE_SUFFIXES = ('.cu', '.cuh', '.cpp', '.cc', '.h', '.hpp')  # what the build reads
 ENTRY_POINTS = ('selective_scan_fwd', 'selective_scan_bwd', 'chunk_length')
 
 
@@ -49,7 +50,8 @@ def find_toolkit():
 
 
 def source_files():
-    files = sorted(p for p in (REPO / 'csrc').rglob('*') if p.is_file())
+    files = sorted(p for p in (REPO / 'csrc').rglob('*')
+                   if p.is_file() and p.suffix in SOURCE_SUFFIXES)
     return files + [REPO / 'setup.py']
 
 
