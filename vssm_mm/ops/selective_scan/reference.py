@@ -18,8 +18,14 @@ blocks passes the carries, then one fused op adds carry * cumulative decay.
 Only products of decays (each <= 1) are formed, so nothing overflows, and the
 work is about twice a sequential scan but with ~2*sqrt(chunk) Python-level
 steps per chunk instead of one per token.
+
+Opt-in: with ``VSSM_SCAN_COMPILE=1`` large fp32 CPU scans (N > 1) run the
+per-token work through ``torch.compile`` instead (see "Optional compiled
+path" below), falling back to the eager path if compiling fails.
 """
 import math
+import os
+import warnings
 
 import torch
 import torch.nn.functional as F
@@ -86,6 +92,15 @@ def plan_chunks(length, elements_per_token, chunk_elements=None):
     budget = chunk_elements or DEFAULT_CHUNK_ELEMENTS
     max_len = max(1, budget // max(1, elements_per_token))
     n_chunks = math.ceil(length / max_len)
+    if compile_enabled():
+        # Chunks of whole compiled calls (see _compiled_forward), blocked
+        # as evenly as that allows for the eager path, which runs the same
+        # plan when it stands in for the compiled one.
+        target = math.ceil(length / n_chunks)
+        steps = COMPILE_TOKENS * max(1, round(math.sqrt(target) /
+                                              COMPILE_TOKENS))
+        n_blocks = max(1, round(target / steps))
+        return steps, n_blocks, math.ceil(length / (steps * n_blocks))
     steps, n_blocks = _blocking(math.ceil(length / n_chunks))
     return steps, n_blocks, math.ceil(length / (steps * n_blocks))
 
@@ -292,6 +307,321 @@ class _Chunks:
 
 
 # ---------------------------------------------------------------------------
+# Optional compiled path ($VSSM_SCAN_COMPILE=1)
+#
+# The eager path above is bound by memory passes: every elementwise op is a
+# pass over a chunk-sized (B, D, chunk, N) buffer, ~9 in the forward and ~22
+# in the backward. With VSSM_SCAN_COMPILE=1, fp32 CPU scans of at least
+# COMPILE_MIN_ELEMENTS (B*D*L*N) run the per-token work through
+# torch.compile (inductor's C++ backend) instead: one call per COMPILE_TOKENS
+# tokens, the token loop unrolled in the graph, so that a state is read and
+# written once per token and the sums over N, over channels and over batch
+# are fused into a few loops over cache-resident data; the (B, D, L)
+# elementwise work before and after the calls is compiled too (one fused
+# pass each). The math is the eager path's (same decay clamp, same gradient
+# formulas), so the two agree to fp32 rounding. While the variable is set,
+# plan_chunks makes chunks whole calls (both paths use that plan, so the
+# saved states fit either). The first call per shape compiles (seconds to
+# tens of seconds; inductor caches the result on disk); if compiling fails
+# (no C++ compiler, ...), a warning is given once and the eager path is used
+# from then on. N = 1, fp64 (gradcheck), non-CPU tensors and small problems
+# always run eagerly.
+# ---------------------------------------------------------------------------
+COMPILE_ENV = 'VSSM_SCAN_COMPILE'
+# Tokens per compiled call; also the chunk granularity of the plan (8 and 16
+# were equally fast per token on a 2-core EPYC, 32 was slower; 16 halves the
+# number of calls).
+COMPILE_TOKENS = 16
+# exp(x) for x below this is subnormal in fp32; clamped as in _decay_.
+MIN_LOG_DECAY = -126.0 / LOG2_E
+# Below this many B*D*L*N elements compiling is not worth it.
+COMPILE_MIN_ELEMENTS = 2**22
+_compiled = {}
+_compile_state = {'works': None}  # None: not tried yet, then True / False
+
+
+def compile_enabled():
+    """True when ``$VSSM_SCAN_COMPILE`` asks for the compiled path."""
+    return os.environ.get(COMPILE_ENV, '0') == '1'
+
+
+def _use_compiled(u, B):
+    if not compile_enabled() or _compile_state['works'] is False:
+        return False
+    if u.device.type != 'cpu' or compute_dtype(u) != torch.float32:
+        return False
+    if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    batch, channels, length = u.shape
+    # N = 1 is faster eagerly (inductor vectorises along N).
+    return B.shape[2] > 1 and (batch * channels * length * B.shape[2] >=
+                               COMPILE_MIN_ELEMENTS)
+
+
+def _compiled_core(name):
+    if name not in _compiled:
+        fn = {'prepare': _prepare, 'forward': _core_forward,
+              'backward': _core_backward, 'finish_forward': _finish_forward,
+              'finish_backward': _finish_backward}[name]
+        _compiled[name] = torch.compile(fn, fullgraph=True)
+    return _compiled[name]
+
+
+def _try_compiled(run, *args):
+    """``run(*args)``, or None when compiling fails for the first time."""
+    try:
+        result = run(*args)
+    except torch._dynamo.exc.FailOnRecompileLimitHit:
+        return None  # too many shapes: this call runs eagerly
+    except Exception as err:  # any compiler failure: no C++ compiler, ...
+        if _compile_state['works']:
+            raise
+        _compile_state['works'] = False
+        warnings.warn(f'{COMPILE_ENV}=1 but torch.compile failed '
+                      f'({type(err).__name__}: {err}); using the eager '
+                      'reference scan', RuntimeWarning)
+        return None
+    _compile_state['works'] = True
+    return result
+
+
+def _core_forward(dt, du, B, C, A, h, with_y: bool):
+    """COMPILE_TOKENS tokens of the scan (compiled, token loop unrolled).
+
+    Args:
+        dt, du (Tensor): (batch, G, Dg, T) delta (after bias and softplus)
+            and delta * u. Computed outside: inductor would inline them
+            into every (token, state) element, N times the work.
+        B, C (Tensor): (batch, G, T, N).
+        A (Tensor): (G, Dg, N).
+        h (Tensor): (batch, G, Dg, N) state before the first token.
+
+    Returns:
+        Tensor | tuple: the last state, preceded by sum_n C h (batch, G,
+        Dg, T) when ``with_y``.
+    """
+    states = []
+    for t in range(dt.shape[-1]):
+        decay = torch.exp((dt[..., t, None] * A).clamp(min=MIN_LOG_DECAY))
+        h = decay * h + du[..., t, None] * B[:, :, None, t]
+        states.append(h)
+    if not with_y:
+        return h
+    return (torch.stack(states, 3) * C[:, :, None]).sum(-1), h
+
+
+def _core_backward(dt, du, B, C, A, h, dy, grad_h, with_y: bool):
+    """Gradients for COMPILE_TOKENS tokens (compiled, loops unrolled).
+
+    Recomputes the states from ``h`` and runs the adjoint scan from
+    ``grad_h``, the gradient of the last state (padded tokens are the
+    identity). Arguments as in :func:`_core_forward`; ``dy`` (batch, G, Dg,
+    T) is the gradient of y (before the gate).
+
+    Returns:
+        tuple: dB, dC (batch, G, T, N); the gradients of du and (through
+        the decay only) of dt, (batch, G, Dg, T); dA (G, Dg, N) summed over
+        batch and tokens; the gradient of the state before the first token;
+        sum_n C h as in :func:`_core_forward` when ``with_y``.
+    """
+    steps = dt.shape[-1]
+    states, decays = [], []
+    for t in range(steps):
+        decay = torch.exp((dt[..., t, None] * A).clamp(min=MIN_LOG_DECAY))
+        h = decay * h + du[..., t, None] * B[:, :, None, t]
+        states.append(h)
+        decays.append(decay)
+    lams = [None] * steps
+    for t in range(steps - 1, -1, -1):
+        lams[t] = grad_h + dy[..., t, None] * C[:, :, None, t]
+        grad_h = decays[t] * lams[t]
+    H, lam = torch.stack(states, 3), torch.stack(lams, 3)
+    B, C = B[:, :, None], C[:, :, None]
+    # lam[t] * decay[t] * h[t-1] as lam[t] * (h[t] - du[t] * B[t]).
+    lam_ah = lam * (H - du[..., None] * B)
+    grads = ((lam * du[..., None]).sum(2), (H * dy[..., None]).sum(2),
+             (lam * B).sum(-1), (lam_ah * A[:, :, None]).sum(-1),
+             (lam_ah * dt[..., None]).sum((0, 3)), grad_h)
+    return grads + ((H * C).sum(-1), ) if with_y else grads
+
+
+def _to_calls(x, groups, tokens, pad_value=0.0, states=False):
+    """(batch, G*K, L) or (batch, G, K, L) -> (n_calls, batch, G, K, T),
+    padded to whole calls, or (n_calls, batch, G, T, N) for ``states``."""
+    batch, length = x.shape[0], x.shape[-1]
+    x = F.pad(x, (0, -length % tokens), value=pad_value)
+    x = x.reshape(batch, groups, -1, x.shape[-1] // tokens, tokens)
+    return x.permute((3, 0, 1, 4, 2) if states else (3, 0, 1, 2, 4))
+
+
+def _from_calls(x, length, states=False):
+    """Inverse of :func:`_to_calls`: (batch, G*K, L)."""
+    x = x.permute((1, 2, 4, 0, 3) if states else (1, 2, 3, 0, 4))
+    return x.reshape(x.shape[0], -1, x.shape[3] * x.shape[4])[..., :length]
+
+
+def _prepare(delta, delta_bias, u, dout, z, groups: int,
+             delta_softplus: bool):
+    """Per-token inputs of the calls (compiled: one pass, fused).
+
+    Returns:
+        tuple: delta + bias, delta after softplus, delta * u and u, in the
+        call-major layout, then the gradient of y (before the gate) when
+        ``dout`` is given. Padded tokens get delta = 0 (decay 1,
+        softplus(-inf) = 0) and u = 0.
+    """
+    f32, tokens = torch.float32, COMPILE_TOKENS
+    raw = delta.to(f32)
+    if delta_bias is not None:
+        raw = raw + delta_bias.to(f32)[:, None]
+    raw = expand_delta_groups(raw, u.shape[1])
+    raw = _to_calls(raw, groups, tokens, -math.inf if delta_softplus else 0.)
+    dt = raw
+    if delta_softplus:
+        # As softplus() above: inductor's log1p is scalar and 5x slower.
+        e = torch.exp(-raw.abs())
+        w = e + 1
+        dt = torch.log(w) - ((w - 1) - e) / w + raw.clamp(min=0)
+    u = _to_calls(u.to(f32), groups, tokens)
+    result = (raw.contiguous(), dt.contiguous(), (dt * u).contiguous(),
+              u.contiguous())
+    if dout is None:
+        return result
+    dy = dout.to(f32)
+    if z is not None:
+        dy = dy * F.silu(z.to(f32))
+    return result + (_to_calls(dy, groups, tokens).contiguous(), )
+
+
+def _finish_forward(y, u, D, z, length: int):
+    """y + D u in the (batch, channels, L) layout, gated (compiled)."""
+    if D is not None:
+        y = y + D.to(torch.float32).view(y.shape[2], y.shape[3], 1) * u
+    y = _from_calls(y, length)
+    if z is not None:
+        y = y * F.silu(z.to(torch.float32))
+    return y
+
+
+def _finish_backward(d_du, ddt, raw, dt, u, dy, D, y, dout, z,
+                     delta_channels: int, length: int, delta_softplus: bool):
+    """Elementwise tail of the backward (compiled: fused passes).
+
+    Returns:
+        tuple: du, ddelta (reduced over delta groups), dD, ddelta_bias (per
+        delta channel, before casting) and dz; dD, dz None when D, z are.
+    """
+    batch, channels = u.shape[1], u.shape[2] * u.shape[3]
+    ddt = ddt + u * d_du
+    if delta_softplus:
+        ddt = ddt * torch.where(raw > SOFTPLUS_THRESHOLD, 1.0,
+                                torch.sigmoid(raw))
+    du = d_du * dt
+    dD = dz = None
+    if D is not None:
+        D = D.to(torch.float32).view(u.shape[2], u.shape[3], 1)
+        du = du + D * dy
+        dD = (dy * u).sum((0, 1, 4)).view(-1)
+    ddelta = _from_calls(ddt, length)
+    ratio = channels // delta_channels
+    dbias = ddelta.sum((0, 2)).view(delta_channels, ratio).sum(1)
+    ddelta = ddelta.reshape(batch, delta_channels, ratio, length).sum(2)
+    if z is not None:
+        if D is not None:
+            y = y + D * u
+        z = z.to(torch.float32)
+        sig = torch.sigmoid(z)
+        # d/dz [y * z * sigmoid(z)] = y * sig * (1 + z * (1 - sig))
+        dz = _from_calls(y, length) * dout.to(torch.float32) * sig * (
+            1 + z * (1 - sig))
+    return _from_calls(du, length), ddelta, dD, dbias, dz
+
+
+def _state(x, shape):
+    """(batch, channels, N) -> contiguous fp32 (batch, G, Dg, N)."""
+    return x.to(torch.float32).reshape(shape).contiguous()
+
+
+def _compiled_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
+                      out_float32, plan):
+    batch, channels, length = u.shape
+    groups, d_state = B.shape[1], B.shape[2]
+    state_shape = (batch, groups, channels // groups, d_state)
+    _, dt, du, u_c = _compiled_core('prepare')(delta, delta_bias, u, None,
+                                               None, groups, delta_softplus)
+    B_c = _to_calls(B.to(torch.float32), groups, COMPILE_TOKENS,
+                    states=True).contiguous()
+    C_c = _to_calls(C.to(torch.float32), groups, COMPILE_TOKENS,
+                    states=True).contiguous()
+    A_g = A.to(torch.float32).view(state_shape[1:])
+    core = _compiled_core('forward')
+    calls_per_chunk = plan[0] * plan[1] // COMPILE_TOKENS
+    chunk_starts = u.new_empty((batch, channels, plan[2], d_state),
+                               dtype=torch.float32)
+    h = u.new_zeros(state_shape, dtype=torch.float32)
+    ys = []
+    for k in range(dt.shape[0]):
+        if k % calls_per_chunk == 0:
+            chunk_starts[:, :, k // calls_per_chunk] = h.view(
+                batch, channels, d_state)
+        y, h = core(dt[k], du[k], B_c[k], C_c[k], A_g, h, True)
+        ys.append(y)
+    y = _compiled_core('finish_forward')(torch.stack(ys), u_c, D, z, length)
+    out = y if out_float32 else y.to(u.dtype)
+    return out, h.reshape(batch, channels, d_state), chunk_starts
+
+
+def _compiled_backward(dout, dlast_state, u, delta, A, B, C, D, z,
+                       delta_bias, delta_softplus, chunk_starts, plan):
+    batch, channels, length = u.shape
+    groups, d_state = B.shape[1], B.shape[2]
+    state_shape = (batch, groups, channels // groups, d_state)
+    if dout is None:
+        dout = u.new_zeros(u.shape, dtype=torch.float32)
+    raw, dt, du, u_c, dy = _compiled_core('prepare')(
+        delta, delta_bias, u, dout, z, groups, delta_softplus)
+    B_c = _to_calls(B.to(torch.float32), groups, COMPILE_TOKENS,
+                    states=True).contiguous()
+    C_c = _to_calls(C.to(torch.float32), groups, COMPILE_TOKENS,
+                    states=True).contiguous()
+    A_g = A.to(torch.float32).view(state_shape[1:])
+    forward, backward = _compiled_core('forward'), _compiled_core('backward')
+    calls_per_chunk = plan[0] * plan[1] // COMPILE_TOKENS
+    n_calls = dt.shape[0]
+    grad_h = _state(dlast_state if dlast_state is not None else
+                    u.new_zeros(batch, channels, d_state), state_shape)
+    per_call = [None] * n_calls
+    dA = A_g.new_zeros(A_g.shape)
+    for c in range(plan[2] - 1, -1, -1):
+        first = c * calls_per_chunk
+        calls = range(first, min(first + calls_per_chunk, n_calls))
+        # States before every call of the chunk, from the saved chunk start.
+        starts = [_state(chunk_starts[:, :, c], state_shape)]
+        for k in calls[:-1]:
+            starts.append(forward(dt[k], du[k], B_c[k], C_c[k], A_g,
+                                  starts[-1], False))
+        for k in reversed(calls):
+            out = backward(dt[k], du[k], B_c[k], C_c[k], A_g,
+                           starts[k - first], dy[k], grad_h, z is not None)
+            dA += out[4]
+            grad_h = out[5]
+            per_call[k] = out
+    dB, dC, d_du, ddt = (torch.stack([o[i] for o in per_call])
+                         for i in range(4))
+    y = torch.stack([o[6] for o in per_call]) if z is not None else None
+    du, ddelta, dD, dbias, dz = _compiled_core('finish_backward')(
+        d_du, ddt, raw, dt, u_c, dy, D, y, dout, z, delta.shape[1], length,
+        delta_softplus)
+    return (du.to(u.dtype), ddelta.to(delta.dtype),
+            dA.view(A.shape).to(A.dtype),
+            _from_calls(dB, length, states=True).reshape(B.shape).to(B.dtype),
+            _from_calls(dC, length, states=True).reshape(C.shape).to(C.dtype),
+            dD.to(D.dtype) if D is not None else None,
+            dz.to(z.dtype) if z is not None else None,
+            dbias.to(delta_bias.dtype) if delta_bias is not None else None)
+
+
+# ---------------------------------------------------------------------------
 # The 'reference' backend
 # ---------------------------------------------------------------------------
 def _flat(x):
@@ -325,6 +655,13 @@ def scan_forward(u,
         (B, D, n_chunks, N) is the state before every chunk in the compute
         dtype; with the inputs it is all the backward needs.
     """
+    if _use_compiled(u, B):
+        plan = plan_chunks(u.shape[2], u.shape[0] * u.shape[1] * B.shape[2],
+                           chunk_elements)
+        result = _try_compiled(_compiled_forward, u, delta, A, B, C, D, z,
+                               delta_bias, delta_softplus, out_float32, plan)
+        if result is not None:
+            return result
     ch = _Chunks(u, delta, A, B, C, delta_bias, delta_softplus,
                  chunk_elements)
     dtype = ch.dtype
@@ -373,6 +710,17 @@ def scan_backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias,
         tuple: (du, ddelta, dA, dB, dC, dD, dz, ddelta_bias), each in the
         dtype of its input, None where the input was None.
     """
+    if _use_compiled(u, B):
+        plan = plan_chunks(u.shape[2], u.shape[0] * u.shape[1] * B.shape[2],
+                           chunk_elements)
+        if chunk_starts.shape[2] != plan[2]:
+            raise RuntimeError(
+                'chunk plan changed between forward and backward')
+        result = _try_compiled(_compiled_backward, dout, dlast_state, u,
+                               delta, A, B, C, D, z, delta_bias,
+                               delta_softplus, chunk_starts, plan)
+        if result is not None:
+            return result
     ch = _Chunks(u, delta, A, B, C, delta_bias, delta_softplus,
                  chunk_elements)
     dtype, n_chunks = ch.dtype, ch.n_chunks
