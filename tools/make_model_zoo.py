@@ -31,13 +31,14 @@ def _fmt(value, scale, unit):
 def main(argv=None):
     import yaml
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('--flops', help='JSON written by tools/get_flops.py --all --json')
+    parser.add_argument('--flops', nargs='+', default=[],
+                        help='JSON file(s) written by tools/get_flops.py --all --json')
     parser.add_argument('--out', default=osp.join(ROOT, 'docs', 'model_zoo.md'))
     args = parser.parse_args(argv)
     measured = {}
-    if args.flops:
-        with open(args.flops) as f:
-            measured = {row['config']: row for row in json.load(f)}
+    for path in args.flops:
+        with open(path) as f:
+            measured.update({row['config']: row for row in json.load(f)})
     from vssm_mm.checkpoint.convert import ARCHS
     lines = ['# Model zoo', '',
              'Every config with the results its paper reports. *Params/FLOPs (ours)* are '
