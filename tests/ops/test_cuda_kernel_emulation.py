@@ -6,7 +6,6 @@ barriers for ``__syncthreads`` and warp shuffles, std::atomic_ref for ``atomicAd
 the kernels' algorithm (chunk plan, block scans, the adjoint pass, reductions and atomics, dtype
 conversions) on machines without a GPU; the GPU itself is tested by test_selective_scan_cuda.py.
 """
-import importlib.util
 import os.path as osp
 import shutil
 import subprocess
@@ -14,24 +13,13 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from ops.test_selective_scan import REL_TOL, make_inputs
 
 from vssm_mm.ops.selective_scan import selective_scan
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 HERE = osp.join(osp.dirname(osp.abspath(__file__)), 'cuda_emulation')
 CXX = shutil.which('g++') or shutil.which('c++')
-
-
-def _load_sibling(name):
-    spec = importlib.util.spec_from_file_location(
-        f'_{name}_helpers', osp.join(osp.dirname(__file__), f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _load_sibling('test_selective_scan')
-REL_TOL, make_inputs = _helpers.REL_TOL, _helpers.make_inputs
 DTYPES = {torch.float32: 'f32', torch.float16: 'f16', torch.bfloat16: 'bf16'}
 
 

@@ -6,11 +6,11 @@ elsewhere they skip. The compile-and-link check without a GPU is
 ``tools/check_cuda_build.py`` (run by ``make test``).
 """
 import importlib
-import importlib.util
 import os.path as osp
 
 import pytest
 import torch
+from ops.test_selective_scan import REL_TOL, assert_close, make_inputs, run
 
 from vssm_mm.ops.selective_scan import cuda_backend, selective_scan
 from vssm_mm.ops.selective_scan.backends import unavailable_reason
@@ -19,19 +19,6 @@ ON_GPU = torch.cuda.is_available()
 REASON = unavailable_reason('cuda', 'cuda') if ON_GPU else 'needs a CUDA GPU'
 needs_extension = pytest.mark.skipif(REASON is not None, reason=f'{REASON}')
 pytestmark = pytest.mark.gpu
-
-
-def _load_sibling(name):
-    spec = importlib.util.spec_from_file_location(
-        f'_{name}_helpers', osp.join(osp.dirname(__file__), f'{name}.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_helpers = _load_sibling('test_selective_scan')
-REL_TOL, assert_close = _helpers.REL_TOL, _helpers.assert_close
-make_inputs, run = _helpers.make_inputs, _helpers.run
 
 
 def compare_with_reference(tol=None, **shape):
