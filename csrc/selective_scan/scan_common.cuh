@@ -63,6 +63,53 @@ inline void for_launch_shape(int64_t length, F &&launch) {
   }
 }
 
+// The tensors of the (channel blockIdx.x, batch blockIdx.y) row a thread block works on.
+template <typename in_t>
+struct RowInputs {
+  int64_t d, row, delta_row, bc_row;  // channel; rows of u, delta and B/C (state 0)
+  const in_t *u, *delta, *z, *B, *C;  // z is null without a gate; B, C at state 0
+  float bias, skip;
+
+  __device__ explicit RowInputs(const ScanInputs &p) {
+    const ScanShape &s = p.shape;
+    d = blockIdx.x;
+    const int64_t b = blockIdx.y;
+    row = b * s.dim + d;
+    delta_row = b * s.dim_delta + d / s.ratio;
+    bc_row = (b * s.groups + d / s.dim_per_group) * s.dstate;
+    u = static_cast<const in_t *>(p.u) + row * s.length;
+    delta = static_cast<const in_t *>(p.delta) + delta_row * s.length;
+    z = p.z ? static_cast<const in_t *>(p.z) + row * s.length : nullptr;
+    B = static_cast<const in_t *>(p.B) + bc_row * s.length;
+    C = static_cast<const in_t *>(p.C) + bc_row * s.length;
+    bias = p.delta_bias ? p.delta_bias[d / s.ratio] : 0.0f;
+    skip = p.D ? p.D[d] : 0.0f;
+  }
+};
+
+// Calls launch.template operator()<in_t, out_t>() for the kernels' input dtype and the output
+// (or output-gradient) dtype: the input dtype, or fp32 when out_float32.
+template <typename F>
+inline void for_dtypes(ScanDtype input_dtype, bool out_float32, F &&launch) {
+  switch (input_dtype) {
+    case ScanDtype::kFloat32:
+      launch.template operator()<float, float>();
+      break;
+    case ScanDtype::kFloat16:
+      if (out_float32)
+        launch.template operator()<__half, float>();
+      else
+        launch.template operator()<__half, __half>();
+      break;
+    case ScanDtype::kBFloat16:
+      if (out_float32)
+        launch.template operator()<__nv_bfloat16, float>();
+      else
+        launch.template operator()<__nv_bfloat16, __nv_bfloat16>();
+      break;
+  }
+}
+
 // Shared-memory index with one padding word per 32, so that thread t reading its items
 // t * kItems + j (the blocked arrangement) hits distinct banks.
 __device__ __forceinline__ int padded(int i) { return i + (i >> 5); }

@@ -104,11 +104,34 @@ ScanShape check_inputs(const Tensor &u, const Tensor &delta, const Tensor &A, co
   return s;
 }
 
-const float *fp32_ptr(const OptTensor &t, OptTensor &keep) {
-  if (!t) return nullptr;
-  keep = t->contiguous();
-  return keep->data_ptr<float>();
-}
+// The inputs made contiguous (alive for the launch) and the pointers both passes read.
+struct ContiguousInputs {
+  Tensor u, delta, A, B, C;
+  OptTensor z, D, delta_bias;
+
+  ContiguousInputs(const Tensor &u_in, const Tensor &delta_in, const Tensor &A_in,
+                   const Tensor &B_in, const Tensor &C_in, const OptTensor &D_in,
+                   const OptTensor &z_in, const OptTensor &bias_in)
+      : u(u_in.contiguous()), delta(delta_in.contiguous()), A(A_in.contiguous()),
+        B(B_in.contiguous()), C(C_in.contiguous()) {
+    if (z_in) z = z_in->contiguous();
+    if (D_in) D = D_in->contiguous();
+    if (bias_in) delta_bias = bias_in->contiguous();
+  }
+
+  void fill(ScanInputs &p, const ScanShape &shape, bool delta_softplus) const {
+    p.shape = shape;
+    p.delta_softplus = delta_softplus;
+    p.u = u.data_ptr();
+    p.delta = delta.data_ptr();
+    p.B = B.data_ptr();
+    p.C = C.data_ptr();
+    p.z = z ? z->data_ptr() : nullptr;
+    p.A = A.data_ptr<float>();
+    p.D = D ? D->data_ptr<float>() : nullptr;
+    p.delta_bias = delta_bias ? delta_bias->data_ptr<float>() : nullptr;
+  }
+};
 
 std::vector<Tensor> selective_scan_fwd(const Tensor &u_in, const Tensor &delta_in,
                                        const Tensor &A_in, const Tensor &B_in,
@@ -117,25 +140,14 @@ std::vector<Tensor> selective_scan_fwd(const Tensor &u_in, const Tensor &delta_i
                                        bool delta_softplus, bool out_float32) {
   const ScanShape s = check_inputs(u_in, delta_in, A_in, B_in, C_in, D, z_in, delta_bias);
   c10::cuda::CUDAGuard guard(u_in.device());
-  const Tensor u = u_in.contiguous(), delta = delta_in.contiguous(), A = A_in.contiguous();
-  const Tensor B = B_in.contiguous(), C = C_in.contiguous();
-  const OptTensor z = z_in ? OptTensor(z_in->contiguous()) : std::nullopt;
-  OptTensor D_keep, bias_keep;
+  const ContiguousInputs in(u_in, delta_in, A_in, B_in, C_in, D, z_in, delta_bias);
+  const Tensor &u = in.u;
   const auto out_dtype = out_float32 ? at::kFloat : u.scalar_type();
   Tensor out = at::empty(u.sizes(), u.options().dtype(out_dtype));
   Tensor x = at::empty({s.batch, s.dim, s.n_chunks, s.dstate}, u.options().dtype(at::kFloat));
 
   ScanFwdParams p;
-  p.shape = s;
-  p.delta_softplus = delta_softplus;
-  p.u = u.data_ptr();
-  p.delta = delta.data_ptr();
-  p.B = B.data_ptr();
-  p.C = C.data_ptr();
-  p.z = z ? z->data_ptr() : nullptr;
-  p.A = A.data_ptr<float>();
-  p.D = fp32_ptr(D, D_keep);
-  p.delta_bias = fp32_ptr(delta_bias, bias_keep);
+  in.fill(p, s, delta_softplus);
   p.out = out.data_ptr();
   p.x = x.data_ptr<float>();
   launch_selective_scan_fwd(p, scan_dtype(u), out_float32 && u.scalar_type() != at::kFloat,
@@ -161,11 +173,10 @@ std::vector<Tensor> selective_scan_bwd(const Tensor &u_in, const Tensor &delta_i
                   x_in.size(2) == s.n_chunks && x_in.size(3) == s.dstate,
               "selective_scan (cuda): x must be (batch, dim, ", s.n_chunks, ", N) as returned by "
               "selective_scan_fwd, got ", x_in.sizes());
-  const Tensor u = u_in.contiguous(), delta = delta_in.contiguous(), A = A_in.contiguous();
-  const Tensor B = B_in.contiguous(), C = C_in.contiguous();
+  const ContiguousInputs in(u_in, delta_in, A_in, B_in, C_in, D, z_in, delta_bias);
+  const Tensor &u = in.u, &delta = in.delta, &A = in.A, &B = in.B, &C = in.C;
+  const OptTensor &z = in.z;
   const Tensor dout = dout_in.contiguous(), x = x_in.contiguous();
-  const OptTensor z = z_in ? OptTensor(z_in->contiguous()) : std::nullopt;
-  OptTensor D_keep, bias_keep;
   const auto f32 = u.options().dtype(at::kFloat);
 
   Tensor du = at::empty_like(u);
@@ -177,16 +188,7 @@ std::vector<Tensor> selective_scan_bwd(const Tensor &u_in, const Tensor &delta_i
   Tensor dbias = delta_bias ? at::zeros({s.dim_delta}, f32) : Tensor();
 
   ScanBwdParams p;
-  p.shape = s;
-  p.delta_softplus = delta_softplus;
-  p.u = u.data_ptr();
-  p.delta = delta.data_ptr();
-  p.B = B.data_ptr();
-  p.C = C.data_ptr();
-  p.z = z ? z->data_ptr() : nullptr;
-  p.A = A.data_ptr<float>();
-  p.D = fp32_ptr(D, D_keep);
-  p.delta_bias = fp32_ptr(delta_bias, bias_keep);
+  in.fill(p, s, delta_softplus);
   p.dout = dout.data_ptr();
   p.x = x.data_ptr<float>();
   p.du = du.data_ptr();

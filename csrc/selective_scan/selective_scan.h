@@ -38,20 +38,20 @@ struct ScanShape {
   int64_t n_chunks = 0;
 };
 
-struct ScanFwdParams {
+// What both passes read: the shape and the inputs.
+struct ScanInputs {
   ScanShape shape;
   bool delta_softplus = false;
   const void *u = nullptr, *delta = nullptr, *B = nullptr, *C = nullptr, *z = nullptr;
   const float *A = nullptr, *D = nullptr, *delta_bias = nullptr;
+};
+
+struct ScanFwdParams : ScanInputs {
   void *out = nullptr;
   float *x = nullptr;
 };
 
-struct ScanBwdParams {
-  ScanShape shape;
-  bool delta_softplus = false;
-  const void *u = nullptr, *delta = nullptr, *B = nullptr, *C = nullptr, *z = nullptr;
-  const float *A = nullptr, *D = nullptr, *delta_bias = nullptr;
+struct ScanBwdParams : ScanInputs {
   const void *dout = nullptr;  // in the output dtype
   const float *x = nullptr;
   void *du = nullptr, *dz = nullptr;  // input dtype

@@ -24,22 +24,14 @@ __global__ void __launch_bounds__(kThreads)
   float *smem_dA = smem_dyn + p.shape.dstate;  // dstate: dA summed over this row
 
   const ScanShape &s = p.shape;
-  const int64_t d = blockIdx.x, b = blockIdx.y;
-  const int64_t row = b * s.dim + d;
-  const int64_t group = d / s.dim_per_group;
-  const int64_t delta_row = b * s.dim_delta + d / s.ratio;
-  const int64_t bc_row = (b * s.groups + group) * s.dstate;
-  const in_t *u = static_cast<const in_t *>(p.u) + row * s.length;
-  const in_t *delta = static_cast<const in_t *>(p.delta) + delta_row * s.length;
-  const in_t *z = p.z ? static_cast<const in_t *>(p.z) + row * s.length : nullptr;
-  const dout_t *dout = static_cast<const dout_t *>(p.dout) + row * s.length;
-  const in_t *B0 = static_cast<const in_t *>(p.B) + bc_row * s.length;
-  const in_t *C0 = static_cast<const in_t *>(p.C) + bc_row * s.length;
-  const float *x = p.x + row * s.n_chunks * s.dstate;
-  in_t *du = static_cast<in_t *>(p.du) + row * s.length;
-  in_t *dz = p.dz ? static_cast<in_t *>(p.dz) + row * s.length : nullptr;
-  const float bias = p.delta_bias ? p.delta_bias[d / s.ratio] : 0.0f;
-  const float skip = p.D ? p.D[d] : 0.0f;
+  const RowInputs<in_t> in(p);
+  const int64_t d = in.d, delta_row = in.delta_row, bc_row = in.bc_row;
+  const in_t *u = in.u, *delta = in.delta, *z = in.z, *B0 = in.B, *C0 = in.C;
+  const dout_t *dout = static_cast<const dout_t *>(p.dout) + in.row * s.length;
+  const float *x = p.x + in.row * s.n_chunks * s.dstate;
+  in_t *du = static_cast<in_t *>(p.du) + in.row * s.length;
+  in_t *dz = p.dz ? static_cast<in_t *>(p.dz) + in.row * s.length : nullptr;
+  const float bias = in.bias, skip = in.skip;
 
   for (int n = threadIdx.x; n < s.dstate; n += kThreads) {
     smem_mu[n] = 0.0f;

@@ -20,19 +20,12 @@ __global__ void __launch_bounds__(kThreads)
   VSSM_DYNAMIC_SMEM(smem_state);  // dstate floats: the state carried between chunks
 
   const ScanShape &s = p.shape;
-  const int64_t d = blockIdx.x, b = blockIdx.y;
-  const int64_t row = b * s.dim + d;
-  const int64_t group = d / s.dim_per_group;
-  const int64_t delta_row = b * s.dim_delta + d / s.ratio;
-  const in_t *u = static_cast<const in_t *>(p.u) + row * s.length;
-  const in_t *delta = static_cast<const in_t *>(p.delta) + delta_row * s.length;
-  const in_t *z = p.z ? static_cast<const in_t *>(p.z) + row * s.length : nullptr;
-  out_t *out = static_cast<out_t *>(p.out) + row * s.length;
-  const in_t *B0 = static_cast<const in_t *>(p.B) + (b * s.groups + group) * s.dstate * s.length;
-  const in_t *C0 = static_cast<const in_t *>(p.C) + (b * s.groups + group) * s.dstate * s.length;
-  float *x = p.x + row * s.n_chunks * s.dstate;
-  const float bias = p.delta_bias ? p.delta_bias[d / s.ratio] : 0.0f;
-  const float skip = p.D ? p.D[d] : 0.0f;
+  const RowInputs<in_t> in(p);
+  const int64_t d = in.d;
+  const in_t *u = in.u, *delta = in.delta, *z = in.z, *B0 = in.B, *C0 = in.C;
+  out_t *out = static_cast<out_t *>(p.out) + in.row * s.length;
+  float *x = p.x + in.row * s.n_chunks * s.dstate;
+  const float bias = in.bias, skip = in.skip;
 
   for (int n = threadIdx.x; n < s.dstate; n += kThreads) smem_state[n] = 0.0f;
   // (the first load below has a barrier before anyone reads smem_state)

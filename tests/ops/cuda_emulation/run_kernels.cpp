@@ -72,17 +72,20 @@ void run(const std::string &dir, const ScanShape &s, bool has_D, bool has_z, boo
 
   std::vector<out_t> out(row);
   std::vector<float> x(s.batch * s.dim * s.n_chunks * s.dstate);
+  vssm_mm::ScanInputs inputs;
+  inputs.shape = s;
+  inputs.delta_softplus = softplus;
+  inputs.u = u.data();
+  inputs.delta = delta.data();
+  inputs.B = B.data();
+  inputs.C = C.data();
+  inputs.z = has_z ? z.data() : nullptr;
+  inputs.A = A.data();
+  inputs.D = has_D ? D.data() : nullptr;
+  inputs.delta_bias = has_bias ? bias.data() : nullptr;
+
   ScanFwdParams f;
-  f.shape = s;
-  f.delta_softplus = softplus;
-  f.u = u.data();
-  f.delta = delta.data();
-  f.B = B.data();
-  f.C = C.data();
-  f.z = has_z ? z.data() : nullptr;
-  f.A = A.data();
-  f.D = has_D ? D.data() : nullptr;
-  f.delta_bias = has_bias ? bias.data() : nullptr;
+  static_cast<vssm_mm::ScanInputs &>(f) = inputs;
   f.out = out.data();
   f.x = x.data();
   vssm_mm::for_launch_shape<false>(s.length, [&]<int kThreads, int kItems>() {
@@ -100,16 +103,7 @@ void run(const std::string &dir, const ScanShape &s, bool has_D, bool has_z, boo
   std::vector<float> dA(s.dim * s.dstate, 0.0f), dB(bc, 0.0f), dC(bc, 0.0f);
   std::vector<float> dD(s.dim, 0.0f), dbias(s.dim_delta, 0.0f);
   ScanBwdParams g;
-  g.shape = s;
-  g.delta_softplus = softplus;
-  g.u = u.data();
-  g.delta = delta.data();
-  g.B = B.data();
-  g.C = C.data();
-  g.z = has_z ? z.data() : nullptr;
-  g.A = A.data();
-  g.D = has_D ? D.data() : nullptr;
-  g.delta_bias = has_bias ? bias.data() : nullptr;
+  static_cast<vssm_mm::ScanInputs &>(g) = inputs;
   g.dout = dout.data();
   g.x = x.data();
   g.du = du.data();
