@@ -549,10 +549,8 @@ def _compiled_forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
     state_shape = (batch, groups, channels // groups, d_state)
     _, dt, du, u_c = _compiled_core('prepare')(delta, delta_bias, u, None,
                                                None, groups, delta_softplus)
-    B_c = _to_calls(B.to(torch.float32), groups, COMPILE_TOKENS,
-                    states=True).contiguous()
-    C_c = _to_calls(C.to(torch.float32), groups, COMPILE_TOKENS,
-                    states=True).contiguous()
+    B_c, C_c = (_to_calls(x.to(torch.float32), groups, COMPILE_TOKENS,
+                          states=True).contiguous() for x in (B, C))
     A_g = A.to(torch.float32).view(state_shape[1:])
     core = _compiled_core('forward')
     calls_per_chunk = plan[0] * plan[1] // COMPILE_TOKENS
@@ -580,10 +578,8 @@ def _compiled_backward(dout, dlast_state, u, delta, A, B, C, D, z,
         dout = u.new_zeros(u.shape, dtype=torch.float32)
     raw, dt, du, u_c, dy = _compiled_core('prepare')(
         delta, delta_bias, u, dout, z, groups, delta_softplus)
-    B_c = _to_calls(B.to(torch.float32), groups, COMPILE_TOKENS,
-                    states=True).contiguous()
-    C_c = _to_calls(C.to(torch.float32), groups, COMPILE_TOKENS,
-                    states=True).contiguous()
+    B_c, C_c = (_to_calls(x.to(torch.float32), groups, COMPILE_TOKENS,
+                          states=True).contiguous() for x in (B, C))
     A_g = A.to(torch.float32).view(state_shape[1:])
     forward, backward = _compiled_core('forward'), _compiled_core('backward')
     calls_per_chunk = plan[0] * plan[1] // COMPILE_TOKENS
