@@ -1,5 +1,6 @@
 import os
 import pickle
+from typing import Tuple
 
 import numpy as np
 import pytest
@@ -121,3 +122,189 @@ def test_getattr_is_restricted(tmp_path):
     torch.save({'x': _GetattrEscape()}, path)
     with pytest.raises(UnsafeCheckpointError, match='getattr'):
         safe_load(path)
+
+
+# -- containers that reach code before any unpickler ------------------------------------------
+
+@pytest.fixture
+def jit_load_spy(monkeypatch):
+    """Records every call of torch.jit.load (which runs an archive's compiled code)."""
+    calls = []
+
+    def spy(*args, **kwargs):
+        calls.append(args)
+        raise AssertionError('torch.jit.load was reached: the archive\'s code would run')
+
+    monkeypatch.setattr(torch.jit, 'load', spy)
+    return calls
+
+
+def _torchscript_archive(path):
+    class WithState(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.scale = torch.ones(2)
+
+        @torch.jit.export
+        def __getstate__(self):
+            return (self.scale, self.training)
+
+        @torch.jit.export
+        def __setstate__(self, state: Tuple[torch.Tensor, bool]):
+            # Code that runs while the archive loads.
+            self.scale = state[0] * 7
+            self.training = state[1]
+
+        def forward(self, x):
+            return x * self.scale
+
+    torch.jit.save(torch.jit.script(WithState()), str(path))
+    return path
+
+
+def test_torchscript_archive_is_refused_before_it_runs(tmp_path, jit_load_spy):
+    path = _torchscript_archive(tmp_path / 'scripted.pth')
+    with pytest.raises(UnsafeCheckpointError, match='TorchScript') as err:
+        safe_load(path)
+    assert str(path) in str(err.value)
+    assert jit_load_spy == []
+
+
+def test_torchscript_archive_refused_by_every_mmengine_path(tmp_path, jit_load_spy):
+    pytest.importorskip('mmengine')
+    import vssm_mm  # noqa: F401
+    from mmengine.runner.checkpoint import CheckpointLoader, _load_checkpoint_with_prefix
+    path = str(_torchscript_archive(tmp_path / 'scripted.pth'))
+    with pytest.raises(UnsafeCheckpointError):
+        CheckpointLoader.load_checkpoint(path)  # load_from, --resume, tools/test.py
+    with pytest.raises(UnsafeCheckpointError):
+        _load_checkpoint_with_prefix('backbone.', path)  # init_cfg=Pretrained with a prefix
+    assert jit_load_spy == []
+
+
+def test_legacy_tar_format_is_refused(tmp_path):
+    import tarfile
+    path = tmp_path / 'legacy.tar'
+    with tarfile.open(path, 'w') as tar:
+        for name in ('sys_info', 'pickle', 'storages', 'tensors'):
+            data = pickle.dumps({'x': 1})
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, __import__('io').BytesIO(data))
+    with pytest.raises(UnsafeCheckpointError, match='legacy tar'):
+        safe_load(path)
+
+
+@pytest.mark.parametrize('content', [b'', b'\x00' * 64, os.urandom(4096),
+                                     b'PK\x03\x04' + os.urandom(512)],
+                         ids=['empty', 'zeros', 'random', 'broken-zip'])
+def test_empty_random_and_damaged_files_name_the_file(tmp_path, content):
+    from vssm_mm.checkpoint import CorruptCheckpointError
+    path = tmp_path / 'bad.pth'
+    path.write_bytes(content)
+    with pytest.raises(CorruptCheckpointError) as err:
+        safe_load(path)
+    assert str(path) in str(err.value)
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path):
+    from vssm_mm.checkpoint import CorruptCheckpointError
+    path = tmp_path / 'cut.pth'
+    torch.save({'state_dict': {'w': torch.randn(1000)}}, path)
+    path.write_bytes(path.read_bytes()[:2000])
+    with pytest.raises(CorruptCheckpointError, match='truncated') as err:
+        safe_load(path)
+    assert str(path) in str(err.value)
+
+
+def test_object_arrays_cannot_smuggle_code(tmp_path):
+    """numpy's allow_pickle path: an object array's items are unpickled by the same allow-list."""
+    marker = tmp_path / 'pwned'
+    array = np.empty(2, dtype=object)
+    array[0], array[1] = 1.0, _RunsShell(marker)
+    path = tmp_path / 'objects.pth'
+    torch.save({'meta': array}, path)
+    with pytest.raises(UnsafeCheckpointError):
+        safe_load(path)
+    assert not marker.exists()
+    plain = tmp_path / 'plain_objects.pth'
+    array[1] = 'text'
+    torch.save({'meta': array}, plain)
+    assert list(safe_load(plain)['meta']) == [1.0, 'text']
+
+
+def test_torch_env_switch_does_not_lift_the_restriction(tmp_path, monkeypatch):
+    monkeypatch.setenv('TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD', '1')
+    marker = tmp_path / 'pwned'
+    path = tmp_path / 'evil.pth'
+    torch.save({'x': _RunsShell(marker)}, path)
+    with pytest.raises(UnsafeCheckpointError):
+        safe_load(path)
+    assert not marker.exists()
+
+
+# -- mmengine's remote schemes -------------------------------------------------------------------
+
+@pytest.fixture
+def served(tmp_path, monkeypatch):
+    """A fake web server: downloads copy files from tmp_path/server into the hub cache."""
+    pytest.importorskip('mmengine')
+    import shutil
+
+    import vssm_mm  # noqa: F401
+    server = tmp_path / 'server'
+    server.mkdir()
+    monkeypatch.setattr(torch.hub, 'get_dir', lambda: str(tmp_path / 'hub'))
+
+    def download(url, dst, *args, **kwargs):
+        shutil.copy(server / url.rsplit('/', 1)[-1], dst)
+
+    monkeypatch.setattr(torch.hub, 'download_url_to_file', download)
+    return server
+
+
+def test_http_checkpoints_are_loaded_safely(served, tmp_path):
+    from mmengine.runner.checkpoint import CheckpointLoader
+    torch.save({'state_dict': {'w': torch.ones(3)}}, served / 'good.pth')
+    loaded = CheckpointLoader.load_checkpoint('https://example.org/weights/good.pth')
+    assert torch.equal(loaded['state_dict']['w'], torch.ones(3))
+    marker = tmp_path / 'pwned'
+    torch.save({'x': _RunsShell(marker)}, served / 'evil.pth')
+    with pytest.raises(UnsafeCheckpointError):
+        CheckpointLoader.load_checkpoint('http://example.org/evil.pth')
+    assert not marker.exists()
+
+
+def test_name_schemes_resolve_to_the_safe_http_loader(served, tmp_path, monkeypatch):
+    """torchvision://, open-mmlab:// and mmcls:// resolve names to URLs, then download."""
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    marker = tmp_path / 'pwned'
+    torch.save({'x': _RunsShell(marker)}, served / 'evil.pth')
+    url = 'https://example.org/evil.pth'
+    monkeypatch.setattr(mmengine_checkpoint, 'get_torchvision_models', lambda: {'net': url})
+    monkeypatch.setattr(mmengine_checkpoint, 'get_external_models', lambda: {'net': url})
+    monkeypatch.setattr(mmengine_checkpoint, 'get_mmcls_models', lambda: {'net': url})
+    for name in ('torchvision://net', 'modelzoo://net', 'open-mmlab://net', 'mmcls://net'):
+        with pytest.raises(UnsafeCheckpointError):
+            mmengine_checkpoint.CheckpointLoader.load_checkpoint(name)
+    assert not marker.exists()
+
+
+def test_object_store_schemes_are_loaded_safely(tmp_path, monkeypatch):
+    """s3:// / petrel:// read bytes through a file backend, then torch.load them."""
+    pytest.importorskip('mmengine')
+    import vssm_mm  # noqa: F401
+    from mmengine.runner import checkpoint as mmengine_checkpoint
+    marker = tmp_path / 'pwned'
+    evil = tmp_path / 'evil.pth'
+    torch.save({'x': _RunsShell(marker)}, evil)
+
+    class Bucket:
+        def get(self, filename):
+            return evil.read_bytes()
+
+    monkeypatch.setattr(mmengine_checkpoint, 'get_file_backend', lambda *a, **k: Bucket())
+    for name in ('s3://bucket/evil.pth', 'petrel://bucket/evil.pth'):
+        with pytest.raises(UnsafeCheckpointError):
+            mmengine_checkpoint.CheckpointLoader.load_checkpoint(name)
+    assert not marker.exists()

@@ -1,5 +1,6 @@
 from .mmengine_hook import install_mmengine_loader
-from .safe_load import TRUST_ENV, UnsafeCheckpointError, allowed_globals, safe_load
+from .safe_load import (TRUST_ENV, CorruptCheckpointError, UnsafeCheckpointError,
+                        allowed_globals, safe_load)
 
-__all__ = ['safe_load', 'UnsafeCheckpointError', 'allowed_globals', 'install_mmengine_loader',
-           'TRUST_ENV']
+__all__ = ['safe_load', 'UnsafeCheckpointError', 'CorruptCheckpointError', 'allowed_globals',
+           'install_mmengine_loader', 'TRUST_ENV']

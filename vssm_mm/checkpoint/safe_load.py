@@ -10,16 +10,22 @@ official Mamba-family trainers write (a yacs ``CfgNode``, an ``argparse.Namespac
 allow-list: tensor/storage rebuilders, containers, numpy arrays/scalars/dtypes, mmengine's
 ``HistoryBuffer`` and inert stand-ins for config objects (a yacs ``CfgNode`` is read back as a
 plain ``dict`` subclass, so yacs need not be installed). Anything else is refused with an error
-that names the global and the file. Files you trust can be loaded unrestricted with
-``trust=True`` or the environment variable ``VSSM_TRUST_CHECKPOINTS=1``.
+that names the global and the file. Two containers reach code before any unpickler is
+consulted, so they are refused before ``torch.load`` sees them: TorchScript archives (which
+``torch.load`` hands to ``torch.jit.load``) and the legacy tar format. Empty, truncated and
+random files get an error that names the file. Files you trust can be loaded unrestricted
+with ``trust=True`` or the environment variable ``VSSM_TRUST_CHECKPOINTS=1``.
 """
 import argparse
 import collections
+import contextlib
 import copyreg
 import io
 import os
 import pickle
+import tarfile
 import types
+import zipfile
 from typing import Any, Optional
 
 import torch
@@ -200,11 +206,82 @@ def is_trusted(trust: Optional[bool] = None) -> bool:
     return os.environ.get(TRUST_ENV, '0').lower() in ('1', 'true', 'yes')
 
 
+class CorruptCheckpointError(ValueError):
+    """The file is empty, truncated or not a checkpoint at all."""
+
+
+_ZIP_MAGIC = b'PK\x03\x04'
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return os.fspath(source)
+    return getattr(source, 'name', None) or '<in-memory checkpoint>'
+
+
+def _check_container(stream, name: str) -> None:
+    """Refuse the containers that reach code before any unpickler is consulted.
+
+    * A TorchScript archive (``torch.jit.save``): ``torch.load`` hands it to ``torch.jit.load``,
+      which runs the archive's compiled code (``__setstate__`` of its classes) while loading.
+    * The legacy tar format (PyTorch < 0.4): rarely seen today and extracted to disk by torch.
+
+    Both are refused unless trusted. Empty and truncated files get an error that names them.
+    """
+    start = stream.tell()
+    head = stream.read(len(_ZIP_MAGIC))
+    stream.seek(start)
+    if not head:
+        raise CorruptCheckpointError(
+            f"cannot load '{name}': the file is empty (0 bytes). It was probably cut off while "
+            'being written; use another checkpoint (for a training run, --resume picks the '
+            'newest complete one in the work dir).')
+    if head == _ZIP_MAGIC:
+        try:
+            with zipfile.ZipFile(stream) as archive:
+                names = archive.namelist()
+        except (zipfile.BadZipFile, EOFError, OSError) as err:
+            raise CorruptCheckpointError(
+                f"cannot load '{name}': it is a truncated or damaged zip archive ({err}). Was "
+                'the download or the save interrupted? Use another copy of the file.') from None
+        finally:
+            stream.seek(start)
+        records = {entry.split('/', 1)[1] for entry in names if '/' in entry}
+        if 'constants.pkl' in records or any(r.startswith('code/') for r in records):
+            raise UnsafeCheckpointError(
+                f"refusing to load '{name}': it is a TorchScript archive (torch.jit.save), and "
+                'loading one runs the code compiled into it. Checkpoints are saved with '
+                "torch.save(model.state_dict(), ...). If you trust this file, load it with "
+                f'torch.jit.load yourself, or set {TRUST_ENV}=1 (that lets it run arbitrary code).')
+        return
+    try:
+        is_tar = tarfile.is_tarfile(stream)
+    finally:
+        stream.seek(start)
+    if is_tar:
+        raise UnsafeCheckpointError(
+            f"refusing to load '{name}': it is in the legacy tar format of PyTorch < 0.4, which "
+            'is not read without trust. Re-save it with a current torch from a session you '
+            f'trust, or set {TRUST_ENV}=1 (that lets it run arbitrary code).')
+
+
+@contextlib.contextmanager
+def _open(source):
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        yield io.BytesIO(source)
+    elif isinstance(source, (str, os.PathLike)):
+        with open(source, 'rb') as stream:
+            yield stream
+    else:
+        yield source
+
+
 def safe_load(filename, map_location: Any = 'cpu', trust: Optional[bool] = None):
-    """Load a checkpoint file with the restricted unpickler.
+    """Load a checkpoint with the restricted unpickler.
 
     Args:
-        filename (str | os.PathLike): Path of a file written by ``torch.save``.
+        filename (str | os.PathLike | bytes | file-like): A file written by ``torch.save``,
+            its bytes, or an open binary stream (remote schemes read into memory).
         map_location: Passed to ``torch.load``. Defaults to ``'cpu'``.
         trust (bool, optional): ``True`` loads with plain pickle (only for files you trust);
             ``None`` reads the ``VSSM_TRUST_CHECKPOINTS`` environment variable.
@@ -214,12 +291,28 @@ def safe_load(filename, map_location: Any = 'cpu', trust: Optional[bool] = None)
 
     Raises:
         FileNotFoundError: If the file does not exist.
-        UnsafeCheckpointError: If the file names a global outside the allow-list.
+        UnsafeCheckpointError: If the file names a global outside the allow-list, or is a
+            TorchScript archive or a legacy tar file (both reach code before any unpickler).
+        CorruptCheckpointError: If the file is empty, truncated or not a checkpoint.
     """
-    filename = os.fspath(filename)
-    if not os.path.isfile(filename):
-        raise FileNotFoundError(f'checkpoint not found: {filename}')
+    name = _describe(filename)
+    if isinstance(filename, (str, os.PathLike)):
+        if os.path.isdir(filename):
+            raise IsADirectoryError(f"checkpoint '{name}' is a directory; name a .pth file in it")
+        if not os.path.isfile(filename):
+            raise FileNotFoundError(f'checkpoint not found: {name}')
     if is_trusted(trust):
         return torch.load(filename, map_location=map_location, weights_only=False)
-    return torch.load(filename, map_location=map_location, weights_only=False,
-                      pickle_module=_make_pickle_module(filename))
+    with _open(filename) as stream:
+        _check_container(stream, name)
+        try:
+            return torch.load(stream, map_location=map_location, weights_only=False,
+                              pickle_module=_make_pickle_module(name))
+        except UnsafeCheckpointError:
+            raise
+        except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError,
+                KeyError, IndexError, AttributeError) as err:
+            raise CorruptCheckpointError(
+                f"cannot load '{name}': it is not a PyTorch checkpoint, or it is truncated or "
+                f'damaged ({type(err).__name__}: {str(err)[:200]}). Check that the path names '
+                'the checkpoint you meant and that its download or save finished.') from err
