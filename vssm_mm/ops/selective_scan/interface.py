@@ -62,22 +62,31 @@ class SelectiveScanFn(torch.autograd.Function):
 
 
 def _check_inputs(u, delta, A, B, C, D, z, delta_bias):
+    for name, x in (('u', u), ('delta', delta), ('A', A), ('B', B), ('C', C), ('D', D),
+                    ('z', z), ('delta_bias', delta_bias)):
+        if x is not None and not isinstance(x, torch.Tensor):
+            raise TypeError(f'{name} must be a tensor, got {type(x).__name__}')
+        if x is not None and x.dtype not in _FLOAT_DTYPES:
+            raise TypeError(f'{name} must be a floating-point tensor (fp16, bf16, fp32 or fp64), '
+                            f'got {x.dtype}; convert it with .float()')
     if u.dim() != 3:
         raise ValueError(f'u must be (batch, channels, L), got {tuple(u.shape)}')
     batch, channels, length = u.shape
-    if u.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f'u must be fp16, bf16, fp32 or fp64, got {u.dtype}')
-    if delta.dim() != 3 or delta.shape[0] != batch or \
+    if 0 in (batch, channels, length):
+        raise ValueError(f'selective_scan needs a non-empty input, got u of shape '
+                         f'(batch={batch}, channels={channels}, L={length}); skip the scan for '
+                         'empty batches or feature maps')
+    if delta.dim() != 3 or delta.shape[0] != batch or delta.shape[1] == 0 or \
             delta.shape[2] != length or channels % delta.shape[1] != 0:
         raise ValueError(
             f'delta must be (batch, channels / r, L) for an integer r, got '
             f'{tuple(delta.shape)} for u of shape {tuple(u.shape)}')
-    if A.dim() != 2 or A.shape[0] != channels:
+    if A.dim() != 2 or A.shape[0] != channels or A.shape[1] == 0:
         raise ValueError(
-            f'A must be (channels, N) = ({channels}, N), got {tuple(A.shape)}')
+            f'A must be (channels, N) = ({channels}, N) with N >= 1, got {tuple(A.shape)}')
     d_state = A.shape[1]
     for name, x in (('B', B), ('C', C)):
-        if x.dim() != 4 or x.shape[0] != batch or x.shape[2] != d_state or \
+        if x.dim() != 4 or x.shape[0] != batch or x.shape[1] == 0 or x.shape[2] != d_state or \
                 x.shape[3] != length or channels % x.shape[1] != 0:
             raise ValueError(
                 f'{name} must be (batch, N, L) or (batch, G, N, L) with G '
