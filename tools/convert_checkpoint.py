@@ -13,6 +13,7 @@ import argparse
 import os
 import os.path as osp
 import sys
+import tempfile
 
 import torch
 
@@ -31,11 +32,33 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def save_atomically(checkpoint, dst: str) -> None:
+    """Write ``dst`` through a fresh temporary file beside it; nothing is left on failure."""
+    folder = osp.dirname(osp.abspath(dst))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f'.{osp.basename(dst)}.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        if osp.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
 def main(argv=None):
     args = parse_args(argv)
+    from vssm_mm.checkpoint import CorruptCheckpointError, UnsafeCheckpointError
     from vssm_mm.checkpoint.convert import ConversionError, convert_checkpoint
     if not osp.isfile(args.src):
-        sys.exit(f'error: {args.src} does not exist')
+        sys.exit(f'error: {args.src} does not exist' if not osp.exists(args.src) else
+                 f'error: {args.src} is a folder; name the official checkpoint file')
+    if osp.isdir(args.dst):
+        sys.exit(f'error: {args.dst} is a folder; name the output file, e.g. '
+                 f'{osp.join(args.dst, osp.splitext(osp.basename(args.src))[0] + "_vssm_mm.pth")}')
     if osp.exists(args.dst) and not args.force:
         sys.exit(f'error: {args.dst} exists; pass --force to overwrite it or choose another name')
     if osp.abspath(args.src) == osp.abspath(args.dst):
@@ -43,12 +66,9 @@ def main(argv=None):
     try:
         checkpoint = convert_checkpoint(args.src, args.arch, args.weights,
                                         trust=True if args.trust else None)
-    except ConversionError as err:
+    except (ConversionError, CorruptCheckpointError, UnsafeCheckpointError) as err:
         sys.exit(f'error: {err}')
-    os.makedirs(osp.dirname(osp.abspath(args.dst)), exist_ok=True)
-    tmp = args.dst + '.tmp'
-    torch.save(checkpoint, tmp)
-    os.replace(tmp, args.dst)
+    save_atomically(checkpoint, args.dst)
     meta = checkpoint['meta']
     print(f"converted {args.src} ({meta['weights']} weights, {meta['task']}, "
           f"{len(checkpoint['state_dict'])} tensors) -> {args.dst}")

@@ -1,10 +1,11 @@
 """tools/train.py, test.py and dist_train.sh on stock mm* models and generated data (CPU)."""
 import glob
+import os
 import os.path as osp
 
 import pytest
 import torch
-from vssm_testing import free_port, has_mm_stack, run_tool
+from vssm_testing import REPO, free_port, has_mm_stack, run_tool
 
 CONFIGS = {
     'mmpretrain': 'tests/configs/plumbing_cls.py',
@@ -89,5 +90,51 @@ def test_dist_train_two_processes(demo_data, tmp_path):
 
 def test_train_rejects_missing_config():
     result = run_tool(['tools/train.py', 'configs/does_not_exist.py'], check=False)
-    assert result.returncode != 0
-    assert 'config not found' in result.stderr
+    assert result.returncode == 2
+    assert 'config not found' in result.stderr and 'Traceback' not in result.stderr
+
+
+@pytest.mark.slow
+def test_kill_at_random_moments_then_resume_loses_nothing(demo_data, tmp_path):
+    """kill -9 during a short training, --resume, again and again: every resume continues.
+
+    Checkpoints every iteration with max_keep_ckpts=1, so most kills land in or near a save.
+    """
+    import random
+    import re
+    import subprocess
+    import sys
+    import time
+
+    _require('mmpretrain')
+    max_iters = 40
+    work_dir = tmp_path / 'work'
+    cmd = [sys.executable, 'tools/train.py', CONFIGS['mmpretrain'], '--work-dir', str(work_dir),
+           '--resume', '--cfg-options', f'train_cfg.max_iters={max_iters}',
+           f'train_cfg.val_interval={max_iters}', 'default_hooks.checkpoint.max_keep_ckpts=1']
+    env = dict(os.environ, VSSM_DEMO_DATA=str(demo_data), PYTHONWARNINGS='ignore',
+               OMP_NUM_THREADS='1')
+    rng = random.Random(0)
+    resumed_at, kills = [], 0
+    for _ in range(8):
+        log = open(tmp_path / f'run{kills}.log', 'w+')
+        proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+        time.sleep(rng.uniform(2.0, 14.0))
+        if proc.poll() is None:
+            proc.kill()
+            kills += 1
+        proc.wait()
+        log.seek(0)
+        text = log.read()
+        assert proc.returncode in (0, -9), text[-4000:]
+        resumed_at += [int(n) for n in re.findall(r'resumed epoch: \d+, iter: (\d+)', text)]
+        if proc.returncode == 0:
+            break
+    final = run_tool(cmd, env={'VSSM_DEMO_DATA': str(demo_data), 'OMP_NUM_THREADS': '1'})
+    resumed_at += [int(n) for n in re.findall(r'resumed epoch: \d+, iter: (\d+)',
+                                              final.stdout + final.stderr)]
+    assert kills >= 3 and resumed_at, (kills, resumed_at)
+    assert resumed_at == sorted(resumed_at)  # never went back to an older checkpoint
+    from vssm_mm.checkpoint import safe_load
+    assert safe_load(work_dir / f'iter_{max_iters}.pth')['meta']['iter'] == max_iters
+    assert not list(work_dir.glob('*.tmp'))

@@ -1,3 +1,4 @@
+from .checkpointing import AtomicCheckpointHook
 from .hooks import ProgressBarHook, ValidateBeforeTrainHook
 
-__all__ = ['ProgressBarHook', 'ValidateBeforeTrainHook']
+__all__ = ['AtomicCheckpointHook', 'ProgressBarHook', 'ValidateBeforeTrainHook']

@@ -1,6 +1,6 @@
 """Behaviour every vssm_mm backbone shares: arch lookup, out_indices, freezing, norm_eval."""
 import copy
-from typing import Iterable, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -80,24 +80,26 @@ class VSSMBackboneMixin:
             x = stage.downsample(x)
         return tuple(outs)
 
-    def is_pretrained_init(self) -> bool:
+    def pretrained_init_cfg(self) -> Optional[dict]:
         cfgs = self.init_cfg if isinstance(self.init_cfg, list) else [self.init_cfg]
-        return any(isinstance(cfg, dict) and cfg.get('type') == 'Pretrained' for cfg in cfgs)
+        return next((cfg for cfg in cfgs
+                     if isinstance(cfg, dict) and cfg.get('type') == 'Pretrained'), None)
+
+    def is_pretrained_init(self) -> bool:
+        return self.pretrained_init_cfg() is not None
 
     def stem_and_stages(self):
         raise NotImplementedError
 
     def init_weights(self):
-        """The official VMamba-family init, unless a ``Pretrained`` init_cfg loads weights.
+        """The official VMamba-family init, then the ``Pretrained`` init_cfg's weights if any.
 
         Truncated-normal (0.02) Linear weights with zero biases, unit LayerNorms and Mamba's
         SSM init (modules made by ``init_ssm_params``); :meth:`init_extra` handles what a
         family initialises differently. Runs after a parent classifier's generic init_cfg, so
-        the SSM init is never overwritten.
+        the SSM init is never overwritten. A ``Pretrained`` init_cfg then loads what fits
+        (non-strict) and logs one line saying what was not loaded.
         """
-        if self.is_pretrained_init():
-            super().init_weights()
-            return
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
@@ -110,6 +112,11 @@ class VSSMBackboneMixin:
                 reset_ssm_params(module)
             else:
                 self.init_extra(module)
+        pretrained = self.pretrained_init_cfg()
+        if pretrained is not None:
+            from vssm_mm.checkpoint.fit import load_pretrained
+            load_pretrained(self, pretrained['checkpoint'], pretrained.get('prefix'),
+                            pretrained.get('map_location', 'cpu'))
         self._is_init = True
 
     def init_extra(self, module: nn.Module) -> None:
