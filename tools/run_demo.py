@@ -184,7 +184,10 @@ def main(argv=None):
         print(f'predictions: {sheet}  (every drawn image: {show_dir})')
     print(f'checkpoint:  {checkpoints[-1]}')
     print('=' * 64)
-    if args.min_gain is not None and before is not None:
+    if args.min_gain is not None:
+        if before is None:
+            sys.exit(f'--min-gain: the untrained model was not evaluated, so {first} has no '
+                     'baseline to compare with')
         gain = after[first] - before[first]
         if gain < args.min_gain:
             sys.exit(f'{first} improved by {gain:.3f}, less than --min-gain {args.min_gain}')
