@@ -103,7 +103,10 @@ def run_once(backend, inputs, mode, grad, out_float32=False):
     else:
         out = selective_scan(*args, backend=backend, **kwargs)
     if mode == 'fwdbwd':
-        out.backward(grad)
+        # Gradients as return values: nothing accumulates in the inputs' .grad across repeats.
+        tensors = [t for t in inputs.values() if t.requires_grad]
+        return torch.autograd.grad(out, tensors, grad)
+    return out
 
 
 def timeit(fn, device, warmup, repeat, timer='wall'):
