@@ -143,6 +143,11 @@ def time_calls(fn, device, warmup, repeat):
     return times[len(times) // 2], times[0]
 
 
+def _sig(value, digits=4):
+    """``value`` rounded to ``digits`` significant digits."""
+    return float(f'{value:.{digits}g}')
+
+
 def _free_memory():
     import gc
 
@@ -500,8 +505,8 @@ def stage_operator(args, budget):
                                             bench.DTYPES[dtype].itemsize, 4 if out32 else
                                             bench.DTYPES[dtype].itemsize)
             gbs = nbytes / median / 1e9
-            row.update(status='measured', median_ms=round(median * 1e3, 4),
-                       min_ms=round(best * 1e3, 4), achieved_gbs=round(gbs, 1),
+            row.update(status='measured', median_ms=_sig(median * 1e3),
+                       min_ms=_sig(best * 1e3), achieved_gbs=_sig(gbs),
                        percent_of_peak=round(100 * gbs / peak, 1) if peak else None,
                        repeats=reps[1])
         except Exception as err:  # OOM or a kernel error: recorded, the next row runs

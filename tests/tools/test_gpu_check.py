@@ -38,6 +38,9 @@ def test_dry_run_reports_every_stage(tmp_path):
     out = tmp_path / 'report'
     inherited = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]
     pythonpath = os.pathsep.join([str(site), str(REPO)] + inherited)
+    hidden = subprocess.run([sys.executable, '-c', 'import mmcv'], capture_output=True,
+                            text=True, env=dict(os.environ, PYTHONPATH=pythonpath))
+    assert 'is hidden' in hidden.stderr  # the blocker is active in every child process
     result = run_tool(['tools/gpu_check.py', '--dry-run', '--out', str(out), '--families',
                        'efficientvmamba'], env={'PYTHONPATH': pythonpath}, timeout=1200)
     assert 'PASSED' in result.stdout
