@@ -447,6 +447,38 @@ def stage_sanitizer(args, budget):
                 error='; '.join(errors) or None)
 
 
+def can_measure(row, backend, device, budget, seconds):
+    """False (and the row says why) when ``backend`` cannot run on ``device`` or fewer than
+    ``seconds`` of the stage's budget are left."""
+    from vssm_mm.ops.selective_scan.backends import unavailable_reason
+    reason = unavailable_reason(backend, device)
+    if reason:
+        row.update(status='not available', reason=reason)
+    elif budget.left() < seconds:
+        row.update(status='not run', reason='stage time limit')
+    return row.get('status') is None
+
+
+def measured_rows_result(rows, dry_run, what, keys, figures):
+    """A measuring stage's result: passed when something was measured, nothing failed and (on
+    a GPU) every backend was available; rows cut by the time limit are reported, not failed."""
+    by_status = {}
+    for row in rows:
+        by_status.setdefault(row['status'], []).append(row)
+    failed = by_status.get('failed', [])
+    if not dry_run:
+        failed = failed + by_status.get('not available', [])
+    measured = by_status.get('measured', [])
+    summary = (f'{len(measured)} of {len(rows)} measured {what}; {len(failed)} failed, '
+               f"{len(by_status.get('not run', []))} out of time")
+    ok = measured and not failed
+    error = None if ok else '; '.join(
+        ' '.join(str(r[k]) for k in keys) + f": {r['reason']}" for r in failed[:8])
+    return dict(status='passed' if ok else 'failed', summary=summary,
+                figures=dict(figures, rows=rows), error=error or (None if ok else
+                                                                  'nothing measured'))
+
+
 # ----------------------------------------------------------------------------------------------
 # d. operator
 
@@ -458,7 +490,6 @@ def stage_operator(args, budget):
     sys.path.insert(0, str(TOOLS))
     import benchmark_ops as bench
     from vssm_mm.ops.selective_scan import selective_scan
-    from vssm_mm.ops.selective_scan.backends import unavailable_reason
     device = _device(args.dry_run)
     batch = 1 if args.dry_run else args.batch
     peak = bench.peak_bandwidth(device)
@@ -476,12 +507,7 @@ def stage_operator(args, budget):
         row = dict(shape=name, backend=backend, dtype=label, mode=mode, batch=batch,
                    channels=channels, d_state=d_state, length=length, groups=groups)
         rows.append(row)
-        reason = unavailable_reason(backend, device)
-        if reason:
-            row.update(status='not available', reason=reason)
-            continue
-        if budget.left() < 3:
-            row.update(status='not run', reason='stage time limit')
+        if not can_measure(row, backend, device, budget, 3):
             continue
         try:
             inputs = bench.make_inputs(batch, channels, d_state, length, groups,
@@ -515,18 +541,9 @@ def stage_operator(args, budget):
             inputs = grad = tensors = None
             _free_memory()
         print(json.dumps(row), flush=True)
-    failed = [r for r in rows if r['status'] == 'failed']
-    measured = [r for r in rows if r['status'] == 'measured']
-    missing = [r for r in rows if r['status'] == 'not run']
-    gpu_missing = [r for r in rows if r['status'] == 'not available' and not args.dry_run]
-    summary = (f'{len(measured)} of {len(rows)} measured at batch {batch}, peak '
-               f'{peak or "?"} GB/s; {len(failed)} failed, {len(missing)} out of time')
-    ok = not failed and measured and not gpu_missing
-    return dict(status='passed' if ok else 'failed', summary=summary,
-                figures=dict(peak_gbs=peak, device=device, rows=rows),
-                error=None if ok else '; '.join(
-                    f"{r['backend']} {r['shape']} {r['dtype']} {r['mode']}: {r['reason']}"
-                    for r in (failed + gpu_missing)[:8]) or 'nothing measured')
+    return measured_rows_result(
+        rows, args.dry_run, f'at batch {batch}, peak {peak or "?"} GB/s',
+        ('backend', 'shape', 'dtype', 'mode'), dict(peak_gbs=peak, device=device))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -599,7 +616,6 @@ def measure_model(model, device, batch, size, warmup, repeat, amp):
 
 def stage_models(args, budget):
     import torch
-    from vssm_mm.ops.selective_scan.backends import unavailable_reason
     device = _device(args.dry_run)
     # dry run: fp32 (bf16 autocast on a CPU is many times slower), one image of 64x64
     size, batch0, amp = (64, 1, False) if args.dry_run else (224, args.batch, True)
@@ -612,12 +628,7 @@ def stage_models(args, budget):
             row = dict(family=family, model=f'{class_name}({arch!r}) + linear head',
                        backend=backend, input=size, amp='bf16' if amp else None)
             rows.append(row)
-            reason = unavailable_reason(backend, device)
-            if reason:
-                row.update(status='not available', reason=reason)
-                continue
-            if budget.left() < 5:
-                row.update(status='not run', reason='stage time limit')
+            if not can_measure(row, backend, device, budget, 5):
                 continue
             os.environ['VSSM_SCAN_BACKEND'] = backend
             batch, model = batch0, None
@@ -641,18 +652,8 @@ def stage_models(args, budget):
                 model = None
                 _free_memory()
             print(json.dumps(row), flush=True)
-    failed = [r for r in rows if r['status'] == 'failed']
-    measured = [r for r in rows if r['status'] == 'measured']
-    missing = [r for r in rows if r['status'] == 'not run']
-    gpu_missing = [r for r in rows if r['status'] == 'not available' and not args.dry_run]
-    summary = (f'{len(measured)} of {len(rows)} (family, backend) pairs measured at '
-               f'{size}x{size}; {len(failed)} failed, {len(missing)} out of time')
-    ok = not failed and measured and not gpu_missing
-    return dict(status='passed' if ok else 'failed', summary=summary,
-                figures=dict(device=device, rows=rows),
-                error=None if ok else '; '.join(
-                    f"{r['family']} {r['backend']}: {r['reason']}"
-                    for r in (failed + gpu_missing)[:8]) or 'nothing measured')
+    return measured_rows_result(rows, args.dry_run, f'(family, backend) at {size}x{size}',
+                                ('family', 'backend'), dict(device=device))
 
 
 STAGE_FUNCTIONS = dict(build=stage_build, tests=stage_tests, sanitizer=stage_sanitizer,
