@@ -57,7 +57,7 @@ STAGES = ('build', 'tests', 'sanitizer', 'operator', 'models')
 LETTERS = dict(zip(STAGES + ('report', ), 'abcdef'))
 # Seconds per stage on an H100/H200 (sum 460 s; the whole run stays under 8 minutes). The
 # measuring stages stop early enough to write what they measured (``soft budget``).
-TIME_LIMITS = {'build': 140, 'tests': 110, 'sanitizer': 60, 'operator': 80, 'models': 70}
+TIME_LIMITS = {'build': 120, 'tests': 110, 'sanitizer': 80, 'operator': 75, 'models': 75}
 # Dry run on a CPU: a cold compile-and-link check takes minutes on two cores.
 DRY_TIME_LIMITS = {'build': 900, 'tests': 240, 'sanitizer': 120, 'operator': 120,
                    'models': 240}

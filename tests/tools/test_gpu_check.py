@@ -191,3 +191,24 @@ def test_require_gpu_without_a_gpu_stops_the_session(tmp_path):
                           env=dict(os.environ, **{REQUIRE_GPU_ENV: '1'}))
     assert proc.returncode != 0
     assert 'sees no CUDA device' in proc.stdout + proc.stderr
+
+
+@pytest.mark.cpu_only
+def test_require_gpu_in_a_real_session(tmp_path):
+    """A pytest session that believes it has a GPU but lacks the extension: the CUDA test
+    fails instead of skipping, the CPU-only check still passes."""
+    import torch
+    if torch.cuda.is_available():
+        pytest.skip('this machine has a GPU')
+    (tmp_path / 'pretend_gpu.py').write_text('import torch\n'
+                                             'torch.cuda.is_available = lambda: True\n')
+    inherited = [p for p in os.environ.get('PYTHONPATH', '').split(os.pathsep) if p]
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(REPO)] + inherited),
+               **{REQUIRE_GPU_ENV: '1'})
+    proc = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                           '-p', 'pretend_gpu', 'tests/ops/test_selective_scan_cuda.py', '-k',
+                           'chunk_plan'], cwd=REPO, capture_output=True, text=True,
+                          timeout=300, env=env)
+    assert proc.returncode == 1, proc.stdout[-3000:]
+    assert 'VSSM_REQUIRE_GPU=1 turns skips into failures' in proc.stdout
+    assert '1 passed' in proc.stdout and ('1 error' in proc.stdout or '1 failed' in proc.stdout)
