@@ -824,8 +824,10 @@ def render_markdown(report):
                 lines.append(f"| {tool} | {f.get('status')} | {_fmt(f.get('errors'))} | "
                              f"{_fmt(f.get('cases'))} | {_fmt(f.get('seconds'))} |")
         if stage['stage'] == 'operator' and figures.get('rows'):
+            clock = ('CUDA-event timed calls after warm-up' if figures.get('device') == 'cuda'
+                     else 'wall-clock timed calls on the CPU')
             lines += ['', f"## d. operator (peak {figures.get('peak_gbs') or '?'} GB/s; times "
-                      'are medians of CUDA-event timed calls after warm-up)', '',
+                      f'are medians of {clock})', '',
                       '| shape | B x D x L, N, G | dtype | mode | backend | ms | GB/s | % peak |',
                       '| --- | --- | --- | --- | --- | ---: | ---: | ---: |']
             for r in figures['rows']:
