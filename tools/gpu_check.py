@@ -541,6 +541,7 @@ def stage_operator(args, budget):
             inputs = grad = tensors = None
             _free_memory()
         print(json.dumps(row), flush=True)
+        save_partial(args, dict(figures=dict(peak_gbs=peak, device=device, rows=rows)))
     return measured_rows_result(
         rows, args.dry_run, f'at batch {batch}, peak {peak or "?"} GB/s',
         ('backend', 'shape', 'dtype', 'mode'), dict(peak_gbs=peak, device=device))
@@ -652,12 +653,26 @@ def stage_models(args, budget):
                 model = None
                 _free_memory()
             print(json.dumps(row), flush=True)
+            save_partial(args, dict(figures=dict(device=device, rows=rows)))
     return measured_rows_result(rows, args.dry_run, f'(family, backend) at {size}x{size}',
                                 ('family', 'backend'), dict(device=device))
 
 
 STAGE_FUNCTIONS = dict(build=stage_build, tests=stage_tests, sanitizer=stage_sanitizer,
                        operator=stage_operator, models=stage_models)
+
+
+def _write_json(path, data):
+    """Write ``data`` to ``path`` atomically (a killed stage never leaves half a file)."""
+    tmp = f'{path}.tmp'
+    with open(tmp, 'w') as f:
+        json.dump(data, f, indent=1, default=str)
+    os.replace(tmp, path)
+
+
+def save_partial(args, result):
+    """What a stage has measured so far: the parent keeps it if the stage is killed."""
+    _write_json(args.result, dict(result, status='partial'))
 
 
 def run_stage_in_this_process(args):
@@ -667,8 +682,7 @@ def run_stage_in_this_process(args):
         result = STAGE_FUNCTIONS[args.stage](args, budget)
     except Exception:
         result = dict(status='failed', error=traceback.format_exc()[-4000:])
-    with open(args.result, 'w') as f:
-        json.dump(result, f, indent=1, default=str)
+    _write_json(args.result, result)
     return 0 if result['status'] in ('passed', 'skipped') else 1
 
 
@@ -754,10 +768,13 @@ def run_stage(name, args, limit, log, work):
     if timed_out:
         result = dict(status='failed', error=f'timed out after {limit:.0f} s (its time limit); '
                       'see gpu_check.log')
-        if result_file.is_file():
-            result.update(partial=json.loads(result_file.read_text()))
+        if result_file.is_file():  # the figures measured before the limit
+            result['figures'] = json.loads(result_file.read_text()).get('figures')
     elif result_file.is_file():
         result = json.loads(result_file.read_text())
+        if result['status'] == 'partial':
+            result.update(status='failed', error=f'the stage process died (exit '
+                          f'{proc.returncode}) before it finished; see gpu_check.log')
     else:
         result = dict(status='failed', error=f'the stage process died (exit {proc.returncode})'
                       ' before reporting; see gpu_check.log')
