@@ -133,10 +133,12 @@ def time_mode(model, scope, mode, inputs, samples, device, warmup, repeat, amp):
                 model(inputs, samples, mode='tensor') if scope != 'mmdet' else \
                     model._forward(inputs, samples)
         else:
+            # Drop the last step's gradients before the forward: they must neither add up
+            # across repeats nor sit in memory during this step's forward.
+            optimizer.zero_grad(set_to_none=True)
             with autocast:
                 losses = model.loss(inputs, samples)
             loss, _ = model.parse_losses(losses)
-            optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
 

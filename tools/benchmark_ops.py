@@ -74,20 +74,21 @@ def peak_bandwidth(device, override=None):
 
 def make_inputs(batch, channels, d_state, length, groups, dtype, device,
                 seed=0):
-    """Inputs shaped and scaled like a trained VMamba layer."""
-    gen = torch.Generator().manual_seed(seed)
+    """Inputs shaped and scaled like a trained VMamba layer, drawn on ``device`` (a CPU
+    generator would spend seconds on the hundreds of millions of values of batch 128)."""
+    gen = torch.Generator(device=device).manual_seed(seed)
 
     def randn(*shape, scale=1.0):
-        return (torch.randn(*shape, generator=gen) * scale)
+        return (torch.randn(*shape, generator=gen, device=device) * scale)
 
-    A = -torch.arange(1, d_state + 1, dtype=torch.float32).repeat(channels, 1)
+    A = -torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(channels, 1)
     tensors = dict(
         u=randn(batch, channels, length).to(dtype),
         delta=randn(batch, channels, length, scale=0.5).to(dtype),
         A=A,
         B=randn(batch, groups, d_state, length).to(dtype),
         C=randn(batch, groups, d_state, length).to(dtype),
-        D=torch.ones(channels),
+        D=torch.ones(channels, device=device),
         delta_bias=randn(channels, scale=0.5) - 4.0,
     )
     return {k: v.to(device).requires_grad_() for k, v in tensors.items()}
@@ -103,7 +104,10 @@ def run_once(backend, inputs, mode, grad, out_float32=False):
     else:
         out = selective_scan(*args, backend=backend, **kwargs)
     if mode == 'fwdbwd':
-        out.backward(grad)
+        # Gradients as return values: nothing accumulates in the inputs' .grad across repeats.
+        tensors = [t for t in inputs.values() if t.requires_grad]
+        return torch.autograd.grad(out, tensors, grad)
+    return out
 
 
 def timeit(fn, device, warmup, repeat, timer='wall'):

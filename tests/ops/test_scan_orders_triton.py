@@ -34,6 +34,7 @@ CASES = [  # (directions, H, W, official_vertical_quirk)
 ]
 
 
+@pytest.mark.cpu_only
 @pytest.mark.skipif(INTERPRETED or ON_GPU or not triton_available(),
                     reason='parent process only, on a machine without a GPU')
 def test_kernels_in_triton_interpreter():

@@ -38,3 +38,15 @@ def test_benchmark_runs_on_cpu(tmp_path):
         assert row['min_ms'] > 0 and row['achieved_gbs'] > 0
         if row['backend'] == 'naive':
             assert row['speedup_vs_naive'] == 1.0
+
+
+def test_repeats_do_not_accumulate_gradients():
+    bench = _module()
+    inputs = bench.make_inputs(1, 4, 2, 9, 2, bench.DTYPES['fp32'], 'cpu')
+    grad = bench.torch.ones(1, 4, 9)
+    first = bench.run_once('reference', inputs, 'fwdbwd', grad)
+    second = bench.run_once('reference', inputs, 'fwdbwd', grad)
+    assert all(t.grad is None for t in inputs.values())
+    assert len(first) == len(inputs)
+    for a, b in zip(first, second):
+        assert bench.torch.equal(a, b)

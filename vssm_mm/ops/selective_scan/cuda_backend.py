@@ -13,8 +13,12 @@ The extension exposes (docs/selective_scan.md, "The cuda backend"):
   -> [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]``: None for absent inputs, gradients in
   the inputs' dtypes; ``dout`` fp32 or u's dtype.
 
-This adapter casts delta, B, C and z to u's dtype and A, D, delta_bias to fp32 when they come
-in other dtypes (the interface allows it), and casts the gradients back.
+The kernels take u, delta, B, C and z in one dtype. When the interface hands over mixed dtypes
+(allowed, for example bf16 u with fp32 B and C), this adapter runs the kernels in fp32 rather
+than rounding the wider inputs to u's dtype: the result then matches the reference backend,
+which computes in fp32, and fp32 B/C get unrounded fp32 dB/dC. The output keeps u's dtype (fp32
+with out_float32); A, D and delta_bias go in as fp32; every gradient comes back in its input's
+dtype.
 
 Gradients through the returned last state are not supported by the kernels; the adapter
 raises instead of silently dropping them.
@@ -45,24 +49,32 @@ def _check_dtype(u):
                         "backend='reference' (for example for float64 gradcheck)")
 
 
+def kernel_dtype(u, delta, B, C, z):
+    """The one dtype the kernels run u, delta, B, C and z in: u's when all share it, else fp32
+    (never a rounding of a wider input to a narrower dtype)."""
+    _check_dtype(u)
+    others = [x.dtype for x in (delta, B, C, z) if x is not None]
+    return u.dtype if all(dtype == u.dtype for dtype in others) else torch.float32
+
+
 def _prepare(u, delta, A, B, C, D, z, delta_bias):
     """Contiguous tensors in the dtypes the kernels take."""
-    _check_dtype(u)
+    dtype = kernel_dtype(u, delta, B, C, z)
 
-    def like_u(x):
-        return None if x is None else x.to(u.dtype).contiguous()
+    def like(x, to):
+        return None if x is None else x.to(to).contiguous()
 
-    def fp32(x):
-        return None if x is None else x.to(torch.float32).contiguous()
-
-    return (u.contiguous(), like_u(delta), fp32(A), like_u(B), like_u(C), fp32(D), like_u(z),
-            fp32(delta_bias))
+    return (like(u, dtype), like(delta, dtype), like(A, torch.float32), like(B, dtype),
+            like(C, dtype), like(D, torch.float32), like(z, dtype),
+            like(delta_bias, torch.float32))
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32):
     """Backend contract: see :func:`.reference.forward`."""
     args = _prepare(u, delta, A, B, C, D, z, delta_bias)
     out, states = _ext().selective_scan_fwd(*args, bool(delta_softplus), bool(out_float32))
+    if not out_float32 and out.dtype != u.dtype:  # ran in fp32 for mixed input dtypes
+        out = out.to(u.dtype)
     return out, states[:, :, -1], (states, ), None
 
 
@@ -78,7 +90,7 @@ def backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softp
         raise RuntimeError('selective_scan backward got no output gradient')
     (states, ) = saved
     args = _prepare(u, delta, A, B, C, D, z, delta_bias)
-    if dout.dtype not in (torch.float32, u.dtype):
+    if dout.dtype not in (torch.float32, args[0].dtype):
         dout = dout.float()
     grads = _ext().selective_scan_bwd(*args, dout.contiguous(), states, bool(delta_softplus))
     inputs = (u, delta, A, B, C, D, z, delta_bias)
