@@ -129,8 +129,8 @@ def _aten_batch_norm(args, kwargs, out):
 def _interpolate(args, kwargs, out):
     x = _arg(args, kwargs, 0, 'input')
     mode = _arg(args, kwargs, 3, 'mode', 'nearest')
-    if x.dim() != 4:
-        return 0  # 1d/3d resampling: fvcore has no rule for them
+    if x.dim() != 4 or _arg(args, kwargs, 6, 'antialias', False):
+        return 0  # 1d/3d and anti-aliased resampling: fvcore has no rule for them
     # What F.interpolate calls, and fvcore's rule for it.
     return {'nearest': _numel(out), 'bilinear': 4 * _numel(out), 'area': _numel(x)}.get(mode, 0)
 
