@@ -10,7 +10,8 @@ detection and 512x2048 (H x W) for segmentation; ``--shape H W`` overrides. The 
 fvcore's rules (one multiply-add = one FLOP; norms, upsampling and adaptive pooling by element;
 element-wise ops zero), with the selective scan counted ``9 B L D N + B D L`` (+ ``B D L`` with
 a z gate), as the official analysis scripts do. The model runs on the meta device (shapes
-only), so no config needs more than a few hundred MB or more than seconds. Two-stage detectors
+only), so every config counts in seconds and about 1 GB (mostly the libraries), at any input
+size. Two-stage detectors
 count their RoI heads on as many proposals as the RPN keeps at test time (``max_per_img``), as a
 count on a real image does. Where a paper used an analytic formula instead (LocalVim), that
 count is reported too. ``--all`` prints every config with the values the papers report (from
