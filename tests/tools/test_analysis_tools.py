@@ -112,19 +112,3 @@ def test_demo_learns(tmp_path):
     # 3 balanced classes: an untrained model sits near 33%; a learned one well above.
     assert untrained < 60 and trained >= 80 and trained - untrained >= 40, row
 
-
-def test_make_model_zoo_merges_measurement_files(tmp_path):
-    """Rows from several get_flops JSON files land in the config's table row."""
-    cls = [{'config': 'configs/msvmamba/nano_in1k.py', 'params': 6_860_000, 'flops': 882_000_000}]
-    seg = [{'config': 'configs/msvmamba/nano_ade20k.py', 'params': 35_730_000,
-            'flops': 859_990_000_000}]
-    for name, rows in (('cls.json', cls), ('seg.json', seg)):
-        (tmp_path / name).write_text(json.dumps(rows))
-    out = tmp_path / 'zoo.md'
-    run_tool(['tools/make_model_zoo.py', '--flops', str(tmp_path / 'cls.json'),
-              str(tmp_path / 'seg.json'), '--out', str(out)])
-    text = out.read_text()
-    nano = next(line for line in text.splitlines() if '[nano_in1k.py]' in line)
-    assert '6.86M' in nano and '0.88G' in nano, nano
-    seg_row = next(line for line in text.splitlines() if '[nano_ade20k.py]' in line)
-    assert '35.73M' in seg_row and '859.99G' in seg_row, seg_row

@@ -1,3 +1,3 @@
-from .complexity import count_flops, count_params, model_complexity
+from .complexity import FlopCounter, count_flops, count_params, model_complexity
 
-__all__ = ['count_flops', 'count_params', 'model_complexity']
+__all__ = ['FlopCounter', 'count_flops', 'count_params', 'model_complexity']

@@ -1,4 +1,8 @@
-"""FLOP counting for ``selective_scan`` in fvcore / mmengine jit analysis."""
+"""FLOP counting for ``selective_scan``: fvcore / mmengine jit handles, a
+formula for the ``torch.library`` op, and routing the scan through that op
+while counting on meta tensors (``vssm_mm.analysis``)."""
+import contextlib
+
 import torch
 
 # How torch.jit.trace records the op: the autograd Function used in eager
@@ -63,3 +67,66 @@ SCAN_FLOP_HANDLES = {
     SCAN_OP_NAME: selective_scan_flop_jit,
     LIBRARY_OP_NAME: selective_scan_flop_jit,
 }
+
+
+def selective_scan_op_flops(u, delta, A, B, C, D=None, z=None, *args, **kwargs):
+    """:func:`selective_scan_flops` from the arguments of one call (real, fake
+    or meta tensors; only shapes are read), with the D term always counted as
+    the jit handle does."""
+    batch, channels, length = u.shape
+    return selective_scan_flops(batch, length, channels, A.shape[1],
+                                with_D=True, with_z=z is not None)
+
+
+def _flop_counter_formula(u_shape, delta_shape, A_shape, B_shape, C_shape,
+                          D_shape=None, z_shape=None, *args, out_shape=None,
+                          **kwargs):
+    batch, channels, length = u_shape
+    return selective_scan_flops(batch, length, channels, A_shape[1],
+                                with_D=True, with_z=z_shape is not None)
+
+
+def _register_flop_counter_formula():
+    """``torch.utils.flop_counter.FlopCounterMode`` counts the library op with
+    the papers' estimate (it would count nothing for it otherwise)."""
+    from torch.utils import flop_counter
+
+    from . import library  # noqa: F401  (registers the op)
+    op = torch.ops.vssm_mm.selective_scan
+    if op.default not in flop_counter.flop_registry:
+        flop_counter.register_flop_formula(op, get_raw=False)(
+            _flop_counter_formula)
+
+
+@contextlib.contextmanager
+def scan_as_library_op():
+    """Route every ``selective_scan`` call through the ``torch.library`` op.
+
+    In eager mode ``selective_scan`` runs ``SelectiveScanFn``, whose backends
+    compute on real tensors: a FLOP counter running on meta or fake tensors
+    would see (and miscount) the backend's internal ops, or fail. While this
+    context is active the same arguments go to ``vssm_mm::selective_scan``
+    instead: one opaque op whose fake kernel gives the output shapes without
+    computing anything, so a ``TorchFunctionMode`` or ``FlopCounterMode`` sees
+    the scan as one call. Only for counting: the op's backward differs in
+    nothing, but nothing here is meant for training.
+    """
+    from .interface import SelectiveScanFn
+    from .library import selective_scan_op
+
+    def apply(*args):
+        out, last_state, _ = selective_scan_op(*args)
+        return out, last_state
+
+    previous = SelectiveScanFn.__dict__.get('apply')
+    SelectiveScanFn.apply = staticmethod(apply)
+    try:
+        yield
+    finally:
+        if previous is None:
+            del SelectiveScanFn.apply
+        else:
+            SelectiveScanFn.apply = previous
+
+
+_register_flop_counter_formula()
