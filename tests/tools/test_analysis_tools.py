@@ -111,4 +111,3 @@ def test_demo_learns(tmp_path):
     untrained, trained = (float(x) for x in row.split()[1:3])
     # 3 balanced classes: an untrained model sits near 33%; a learned one well above.
     assert untrained < 60 and trained >= 80 and trained - untrained >= 40, row
-

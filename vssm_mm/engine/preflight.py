@@ -45,7 +45,9 @@ def _dataset_problems(key: str, dataset: dict) -> List[str]:
         expected = [dataset['ann_file']] if isinstance(dataset.get('ann_file'), str) and \
             dataset['ann_file'] else []
         prefixes = dataset.get('data_prefix')
-        if isinstance(prefixes, dict):
+        if isinstance(prefixes, str) and prefixes:
+            expected.append(prefixes)
+        elif isinstance(prefixes, dict):
             expected += [v for v in prefixes.values() if isinstance(v, str) and v]
         holding = f", to hold {', '.join(expected)}" if expected else ''
         return [f'dataset folder {root}{holding} ({key}.data_root)']
@@ -55,12 +57,15 @@ def _dataset_problems(key: str, dataset: dict) -> List[str]:
         if not _is_remote(path) and not osp.exists(path):
             problems.append(f'annotation file {path} ({key}.ann_file)')
     prefixes = dataset.get('data_prefix')
+    if isinstance(prefixes, str):  # mmpretrain's CustomDataset takes the image folder itself
+        prefixes = {'': prefixes}
     if isinstance(prefixes, dict):
         for name, value in prefixes.items():
             if isinstance(value, str) and value:
                 path = _join(root, value)
                 if not _is_remote(path) and not osp.isdir(path):
-                    problems.append(f'image folder {path} ({key}.data_prefix.{name})')
+                    where = f'{key}.data_prefix' + (f'.{name}' if name else '')
+                    problems.append(f'image folder {path} ({where})')
     return problems
 
 
