@@ -17,14 +17,3 @@ class Linear2d(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
-
-
-class Permute(nn.Module):
-    """``x.permute(*dims)`` as a module, for Sequentials that switch NCHW and NHWC."""
-
-    def __init__(self, *dims: int):
-        super().__init__()
-        self.dims = dims
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(*self.dims)

@@ -1,22 +1,17 @@
-"""LocalMamba (arXiv 2403.09338): visual Mamba with windowed scans and searched directions.
+"""LocalVim (LocalMamba, arXiv 2403.09338): the plain, Vim-like LocalMamba backbone.
 
-Two backbones share the scan vocabulary (``h``, ``v``, their flips, and the 2x2 / 7x7 window
-scans ``w2`` / ``w7``; see docs/scan_orders.md), the per-direction channel attention and the
-direction search:
-
-* :class:`LocalVim`: plain, Vim-like (patch 16, pre-norm blocks with a deferred residual, RoPE
-  and absolute position embedding, or a class token in the middle of the sequence). Each layer
-  scans four directions, each with its own causal conv1d and SSM parameters.
-* :class:`LocalVMamba`: hierarchical, VMamba-v1-like (patch 4, four stages, patch merging); the
-  four directions of a block are scanned together by one grouped selective scan.
-
-Each layer's directions are data (``vssm_mm/models/layers/localmamba_blocks.py``): the lists the
-official search found, or ``'search'`` for the supernet that scans all eight with learnable
-weights.
+Patch 16, pre-norm blocks with a deferred residual (Mamba style), RoPE and an absolute position
+embedding, or a class token in the middle of the sequence. Each block scans four directions
+(``h``, ``v``, their flips, the 2x2 / 7x7 window scans ``w2`` / ``w7``; see
+docs/scan_orders.md), each with its own causal depthwise conv1d and SSM parameters, stacked in
+one grouped ``conv`` and one :class:`~vssm_mm.models.layers.SelectiveSSM`. Each block's
+directions are data (``vssm_mm/models/layers/localmamba_blocks.py``): the lists the official
+search found, or ``'search'`` for the supernet that scans all eight with learnable weights.
 
 Official quirks are off by default and available by name: ``official_vertical_quirk`` (the
 official reverse of ``v`` / ``v_flip`` is wrong for H != W, which every COCO / ADE20K run had) and
-``official_shared_A_log`` (LocalVim's four ``A_log_k`` are built from one tensor; see the docs).
+``official_shared_A_log`` (the official constructor builds a block's K ``A_log`` on one tensor;
+see the docs).
 """
 import math
 from typing import Dict, Optional, Sequence, Tuple, Union
@@ -30,15 +25,10 @@ from torch import nn
 from vssm_mm.ops.scan_orders import get_scan_order
 from vssm_mm.registry import MODELS
 
-from ..layers import DropPath, LayerNorm2d
-from ..layers.localmamba_blocks import (BiAttn, DirectionMerge, apply_rotary, resize_token_table,
+from ..layers import DropPath, SelectiveSSM, scan_sequences
+from ..layers.localmamba_blocks import (DirectionMerge, apply_rotary, resize_token_table,
                                         resolve_directions, rotary_tables, square_grid)
-from ..layers.ssm import init_ssm_params, scan_directions
 from .base import VSSMBackboneMixin
-from .msvmamba import PatchMerging2D
-
-# -- LocalVim ----------------------------------------------------------------------------------
-
 
 class RMSNorm(nn.Module):
     """``x * rsqrt(mean(x^2) + eps) * weight`` (Mamba's RMSNorm, weight only)."""
@@ -99,11 +89,11 @@ class RotaryEmbedding(nn.Module):
 
 
 class LocalVimMixer(nn.Module):
-    """MultiMamba: in_proj, K direction scans with their own conv1d/SSM, BiAttn, sum, out_proj.
+    """in_proj, K direction scans (one causal depthwise conv1d and SSM each), merge, out_proj.
 
-    Per direction k the parameters are ``conv1d_k``, ``x_proj_k``, ``dt_proj_k``, ``A_log_k`` and
-    ``D_k`` (official names); the K scans run as one grouped selective scan, each direction
-    gated by SiLU of its own scanned copy of ``z`` (Mamba's fused inner function).
+    The K directions' convs are one grouped ``conv`` (``K * d`` channels) and their SSM
+    parameters one :class:`SelectiveSSM`; each direction is gated by SiLU of its own scanned
+    copy of ``z`` (Mamba's fused inner function).
     """
 
     def __init__(self, dim: int, directions: Sequence[str], search: bool = False,
@@ -114,53 +104,15 @@ class LocalVimMixer(nn.Module):
         self.directions = tuple(directions)
         self.middle_cls = middle_cls
         self.official_vertical_quirk = official_vertical_quirk
+        self.official_shared_A_log = official_shared_A_log
         self.d_inner = d_inner = int(expand * dim)
         self.d_conv = d_conv
-        dt_rank = math.ceil(dim / 16)
+        channels = len(self.directions) * d_inner
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
-        self.multi_scan = DirectionMerge(len(self.directions), search)
-        A_log = torch.log(torch.arange(1, d_state + 1, dtype=torch.float32)).repeat(d_inner, 1)
-        for k in range(len(self.directions)):
-            # Official: nn.Parameter(one tensor) per direction, i.e. shared storage.
-            setattr(self, f'A_log_{k}',
-                    nn.Parameter(A_log if official_shared_A_log else A_log.clone()))
-            setattr(self, f'conv1d_{k}', nn.Conv1d(d_inner, d_inner, d_conv, groups=d_inner,
-                                                   padding=d_conv - 1))
-            setattr(self, f'x_proj_{k}', nn.Linear(d_inner, dt_rank + 2 * d_state, bias=False))
-            setattr(self, f'dt_proj_{k}', nn.Linear(dt_rank, d_inner))
-            setattr(self, f'D_{k}', nn.Parameter(torch.ones(d_inner)))
+        self.conv = nn.Conv1d(channels, channels, d_conv, groups=channels, padding=d_conv - 1)
+        self.ssm = SelectiveSSM(len(self.directions), d_inner, d_state, math.ceil(dim / 16))
+        self.direction_merge = DirectionMerge(len(self.directions), search, attn_channels=d_inner)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
-        self.attn = BiAttn(d_inner)
-        self.reset_ssm()
-
-    @torch.no_grad()
-    def reset_ssm(self, dt_min=0.001, dt_max=0.1, dt_floor=1e-4):
-        """Mamba's init of the per-direction dt projections, A and D."""
-        for k in range(len(self.directions)):
-            dt_proj = self._get('dt_proj', k)
-            std = dt_proj.in_features**-0.5
-            nn.init.uniform_(dt_proj.weight, -std, std)
-            dt = torch.exp(torch.rand(self.d_inner) * (math.log(dt_max) - math.log(dt_min)) +
-                           math.log(dt_min)).clamp(min=dt_floor)
-            dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-            n = self._get('A_log', k).shape[1]
-            self._get('A_log', k).copy_(torch.log(torch.arange(1, n + 1).float()).expand(
-                self.d_inner, n))
-            self._get('D', k).fill_(1.0)
-
-    def _get(self, name: str, k: int):
-        return getattr(self, f'{name}_{k}')
-
-    def _stacked(self):
-        """Per-direction parameters stacked in the layout of ``scan_directions``."""
-        k = range(len(self.directions))
-        convs = [self._get('conv1d', i) for i in k]
-        dt_projs = [self._get('dt_proj', i) for i in k]
-        return (torch.cat([c.weight for c in convs]), torch.cat([c.bias for c in convs]),
-                torch.stack([self._get('x_proj', i).weight for i in k]),
-                torch.stack([p.weight for p in dt_projs]), torch.stack([p.bias for p in dt_projs]),
-                torch.cat([self._get('A_log', i) for i in k]),
-                torch.cat([self._get('D', i) for i in k]))
 
     def forward(self, x: torch.Tensor, grid: Tuple[int, int]) -> torch.Tensor:
         batch, length, _ = x.shape
@@ -179,25 +131,28 @@ class LocalVimMixer(nn.Module):
             seqs = torch.cat([seqs[..., :cls_pos], cls_col, seqs[..., cls_pos:]], dim=-1)
         seq_len = seqs.shape[-1]
         u, z = seqs.chunk(2, dim=2)
-        conv_w, conv_b, x_proj_w, dt_w, dt_b, A_logs, Ds = self._stacked()
-        u = F.conv1d(u.reshape(batch, num_dirs * d_inner, seq_len), conv_w, conv_b,
-                     padding=self.d_conv - 1, groups=num_dirs * d_inner)[..., :seq_len]
+        u = self.conv(u.reshape(batch, num_dirs * d_inner, seq_len))[..., :seq_len]
         u = F.silu(u).view(batch, num_dirs, d_inner, seq_len)
-        # Mamba's fused inner function keeps the autocast dtype (no fp32 cast, gated output).
-        ys = scan_directions(u, x_proj_w, dt_w, dt_b, A_logs, Ds,
-                             z=z.reshape(batch, num_dirs * d_inner, seq_len),
-                             out_float32=False, force_fp32=False)
+        z = z.reshape(batch, num_dirs * d_inner, seq_len)
+        if self.official_shared_A_log:
+            # The official CPU model: every direction uses the last direction's A_log.
+            ssm = self.ssm
+            A_log = ssm.A_log[-d_inner:].repeat(num_dirs, 1)
+            ys = scan_sequences(u, ssm.x_proj_weight, ssm.dt_proj_weight, ssm.dt_proj_bias,
+                                A_log, ssm.D, z)
+        else:
+            ys = self.ssm(u, z)
         if self.middle_cls:
             cls_out = ys[..., cls_pos:cls_pos + 1]
             ys = torch.cat([ys[..., :cls_pos], ys[..., cls_pos + 1:]], dim=-1)
         outs = order.merge(ys, sum_directions=False).flatten(3)  # (B, K, d, H*W)
         if self.middle_cls:
             outs = torch.cat([outs[..., :cls_pos], cls_out, outs[..., cls_pos:]], dim=-1)
-        y = self.multi_scan(outs.transpose(2, 3), attn=self.attn)
-        return self.out_proj(y)
+        y = self.direction_merge(outs.transpose(2, 3))
+        return self.out_proj(y.to(x.dtype))
 
 
-class LocalVimLayer(nn.Module):
+class LocalVimBlock(nn.Module):
     """Add -> norm -> mixer, returning (mixer output, residual) as Vim/Mamba blocks do."""
 
     def __init__(self, dim: int, mixer: nn.Module, norm: nn.Module, drop_path: float):
@@ -229,7 +184,7 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
 
     * with ``final_norm`` and ``i == 3``: ``norm_f(residual + last mixer output)``, the
       classifier's input (the official classification path);
-    * otherwise ``outnorm{i}`` (LayerNorm) of the stage's last mixer output, the official
+    * otherwise ``out_norms[str(i)]`` (LayerNorm) of the stage's last mixer output, the official
       detection / segmentation backbone output.
 
     Args:
@@ -248,12 +203,13 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
             the official detection / segmentation configs switch to ``'ln'``).
         directions (str | list, optional): Override the arch's per-layer directions.
         official_vertical_quirk (bool): Reproduce the official (H != W) ``v`` reverse.
-        official_shared_A_log (bool): Build the K ``A_log_k`` of a layer on one shared tensor,
-            as the official constructor does (see docs/models/localmamba.md).
+        official_shared_A_log (bool): Every direction of a block uses the last direction's
+            ``A_log``, as the official model built on the CPU does (see
+            docs/models/localmamba.md).
         drop_path_rate (float, optional): Stochastic depth (default: the arch's).
         frozen_stages (int): Freeze patch/position embedding and the first stages.
         norm_eval (bool): Kept for config uniformity (no BatchNorm here).
-        with_cp (bool): Activation checkpointing per layer.
+        with_cp (bool): Activation checkpointing per block.
         init_cfg (dict | list, optional): mmengine init config.
     """
 
@@ -307,7 +263,8 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
         self.stage_ends = tuple((s + 1) * depth // self.num_stages - 1
                                 for s in range(self.num_stages))
         self.out_type, self.final_norm = out_type, final_norm
-        self.frozen_stages, self.norm_eval, self.with_cp = frozen_stages, norm_eval, with_cp
+        self.frozen_stages = self.parse_frozen_stages(frozen_stages, self.num_stages)
+        self.norm_eval, self.with_cp = norm_eval, with_cp
         self.use_rope, self.use_cls = bool(settings['rope']), bool(settings['cls_token'])
         norm_type = norm_type or settings['norm']
         if drop_path_rate is None:
@@ -330,20 +287,21 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
         # Official schedule: layer i drops with linspace(0, rate, depth)[i - 1] (layer 0: none);
         # the add before norm_f uses the full rate.
         rates = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()
-        self.layers = nn.ModuleList([
-            LocalVimLayer(
+        self.blocks = nn.ModuleList([
+            LocalVimBlock(
                 dim,
                 LocalVimMixer(dim, layer_dirs[i], search, settings['d_state'], settings['d_conv'],
                               settings['expand'], self.use_cls, official_vertical_quirk,
                               official_shared_A_log), _norm(norm_type, dim), rates[i])
             for i in range(depth)
         ])
+        self.out_norms = nn.ModuleDict()
         for i in self.out_indices:
             if final_norm and i == self.num_stages - 1:
                 self.norm_f = _norm(norm_type, dim)
                 self.drop_path = DropPath(drop_path_rate)
             else:
-                self.add_module(f'outnorm{i}', nn.LayerNorm(dim))
+                self.out_norms[str(i)] = nn.LayerNorm(dim)
         self._freeze_stages()
 
     # -- position tables -----------------------------------------------------------------------
@@ -400,7 +358,7 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
         residual = None
         outs = []
         wanted = {self.stage_ends[i]: i for i in self.out_indices}
-        for index, layer in enumerate(self.layers):
+        for index, layer in enumerate(self.blocks):
             if rope is not None:
                 # Vim rotates the layer input and (after the first layer) the residual stream.
                 hidden = apply_rotary(hidden, *rope)
@@ -413,7 +371,7 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
                     feat = residual + self.drop_path(hidden)
                     feat = self.norm_f(feat.to(self.norm_f.weight.dtype))
                 else:
-                    feat = getattr(self, f'outnorm{stage}')(hidden)
+                    feat = self.out_norms[str(stage)](hidden)
                 outs.append(self._format(feat, grid))
                 if len(outs) == len(wanted):
                     break
@@ -441,15 +399,15 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
                 if getattr(module, 'bias', None) is not None:
                     nn.init.zeros_(module.bias)
         with torch.no_grad():
-            for layer in self.layers:
-                mixer = layer.mixer
+            for block in self.blocks:
+                mixer = block.mixer
                 nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
                 mixer.out_proj.weight.div_(math.sqrt(self.depth))
-                for k in range(len(mixer.directions)):
-                    n = mixer._get('A_log', k).shape[1]
-                    mixer._get('A_log', k).copy_(
-                        torch.log(torch.arange(1, n + 1).float()).expand(mixer.d_inner, n))
-                    mixer._get('D', k).fill_(1.0)
+                # Official x_proj / dt_proj are nn.Linear: trunc-normal weights, zero bias.
+                nn.init.trunc_normal_(mixer.ssm.x_proj_weight, std=0.02)
+                nn.init.trunc_normal_(mixer.ssm.dt_proj_weight, std=0.02)
+                nn.init.zeros_(mixer.ssm.dt_proj_bias)
+                mixer.ssm.reset_A_D()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self._is_init = True
 
@@ -468,15 +426,17 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
         grid = math.ceil(height / patch) * math.ceil(width / patch)
         flops = 3 * patch * patch * dim * grid
         length = grid + int(self.use_cls)
-        for layer in self.layers:
-            mixer = layer.mixer
-            d_inner, d_state = mixer.d_inner, mixer.A_log_0.shape[1]
+        for block in self.blocks:
+            mixer = block.mixer
+            d_inner, d_state = mixer.d_inner, mixer.ssm.d_state
+            x_proj_out = mixer.ssm.x_proj_weight.shape[1]
             flops += mixer.in_proj.in_features * mixer.in_proj.out_features * length
             flops += (length + mixer.d_conv - 1) * d_inner * mixer.d_conv
-            flops += length * mixer.x_proj_0.in_features * mixer.x_proj_0.out_features
-            flops += length * mixer.dt_proj_0.in_features * mixer.dt_proj_0.out_features
+            flops += length * d_inner * x_proj_out
+            flops += length * mixer.ssm.dt_rank * d_inner
             flops += len(mixer.directions) * (5 * d_inner * length * d_state + 2 * d_inner * length)
-            for linear in (mixer.attn.global_reduce, mixer.attn.channel_select):
+            attn = mixer.direction_merge.channel_attn
+            for linear in (attn.reduce, attn.expand):
                 flops += linear.in_features * linear.out_features
             flops += length * mixer.out_proj.in_features * mixer.out_proj.out_features
             flops += length * mixer.out_proj.out_features
@@ -484,7 +444,7 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
 
     def stem_and_stages(self):
         bounds = (0, ) + tuple(end + 1 for end in self.stage_ends)
-        stages = [nn.ModuleList(self.layers[bounds[s]:bounds[s + 1]])
+        stages = [nn.ModuleList(self.blocks[bounds[s]:bounds[s + 1]])
                   for s in range(self.num_stages)]
         return self.patch_embed, stages
 
@@ -499,238 +459,3 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
             self.norm_f.eval()
             for param in self.norm_f.parameters():
                 param.requires_grad = False
-
-
-# -- LocalVMamba -------------------------------------------------------------------------------
-
-
-class LocalSS2D(nn.Module):
-    """VMamba's SS2D with LocalMamba's directions, shared BiAttn and sum (``op`` keys)."""
-
-    def __init__(self, dim: int, directions: Sequence[str], search: bool = False,
-                 d_state: int = 16, ssm_ratio: float = 2.0, d_conv: int = 3,
-                 official_vertical_quirk: bool = False):
-        super().__init__()
-        self.directions = tuple(directions)
-        self.official_vertical_quirk = official_vertical_quirk
-        d_inner = int(ssm_ratio * dim)
-        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
-        self.conv2d = nn.Conv2d(d_inner, d_inner, d_conv, padding=(d_conv - 1) // 2,
-                                groups=d_inner)
-        init_ssm_params(self, num_groups=len(self.directions), d_inner=d_inner, d_state=d_state,
-                        dt_rank=math.ceil(dim / 16))
-        self.out_norm = nn.LayerNorm(d_inner)
-        self.out_proj = nn.Linear(d_inner, dim, bias=False)
-        self.multi_scan = DirectionMerge(len(self.directions), search, attn_channels=d_inner)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
-        z = F.silu(z)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
-        batch, channels, height, width = x.shape
-        order = get_scan_order(self.directions, height, width,
-                               official_vertical_quirk=self.official_vertical_quirk)
-        # Directions are right-padded with zeros to a common length and scanned together (fp32).
-        ys = scan_directions(order.scan(x), self.x_proj_weight, self.dt_projs_weight,
-                             self.dt_projs_bias, self.A_logs, self.Ds)
-        maps = order.merge(ys, sum_directions=False)  # (B, K, d, H, W)
-        y = self.multi_scan(maps.flatten(3).transpose(2, 3))
-        y = self.out_norm(y).view(batch, height, width, channels).to(x.dtype)
-        return self.out_proj(y * z)
-
-
-class LocalVSSBlock(nn.Module):
-    """``x + DropPath(SS2D(LayerNorm(x)))`` on channels-last maps (no MLP)."""
-
-    def __init__(self, dim: int, op: nn.Module, drop_path: float, with_cp: bool = False):
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.op = op
-        self.drop_path = DropPath(drop_path)
-        self.with_cp = with_cp
-
-    def _forward(self, x):
-        return x + self.drop_path(self.op(self.norm(x)))
-
-    def forward(self, x):
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
-
-
-class LocalVMambaStage(nn.Module):
-    """``blocks`` then ``downsample`` (keys as in the official checkpoints)."""
-
-    def __init__(self, blocks: nn.Module, downsample: nn.Module):
-        super().__init__()
-        self.blocks = blocks
-        self.downsample = downsample
-
-
-@MODELS.register_module()
-class LocalVMamba(VSSMBackboneMixin, BaseModule):
-    """LocalVMamba: hierarchical LocalMamba backbone (VMamba v1 layout, patch 4).
-
-    Args:
-        arch (str | dict): ``'tiny'``, ``'small'``, ``'tiny_search'``, ``'small_search'``
-            (supernets), or a dict with ``dims, depths`` and optionally ``d_state, ssm_ratio,
-            directions, drop_path_rate``.
-        out_indices (Sequence[int] | int): Stages whose ``outnorm{i}`` outputs (NCHW) are
-            returned; ``(3,)`` feeds the classifier (the official ``classifier.norm``).
-        directions (str | list, optional): Override the arch's per-block directions.
-        official_vertical_quirk (bool): Reproduce the official (H != W) ``v`` reverse.
-        frozen_stages (int): Freeze the stem and the first stages.
-        norm_eval (bool): Kept for config uniformity (no BatchNorm here).
-        drop_path_rate (float, optional): Stochastic depth (default: the arch's).
-        with_cp (bool): Activation checkpointing per block.
-        init_cfg (dict | list, optional): mmengine init config.
-    """
-
-    arch_zoo: Dict[str, dict] = {
-        'tiny': dict(dims=(96, 192, 384, 768), depths=(2, 2, 9, 2),
-                     directions='localvmamba_tiny', drop_path_rate=0.2),
-        'small': dict(dims=(96, 192, 384, 768), depths=(2, 2, 27, 2),
-                      directions='localvmamba_small', drop_path_rate=0.2),
-        'tiny_search': dict(dims=(32, 64, 128, 256), depths=(2, 2, 9, 2), directions='search',
-                            drop_path_rate=0.1),
-        'small_search': dict(dims=(32, 64, 128, 256), depths=(2, 2, 27, 2), directions='search',
-                             drop_path_rate=0.1),
-    }
-    arch_aliases = {'t': 'tiny', 's': 'small', 't_search': 'tiny_search',
-                    's_search': 'small_search'}
-
-    def __init__(self,
-                 arch: Union[str, dict] = 'tiny',
-                 out_indices: Union[Sequence[int], int] = (3, ),
-                 directions=None,
-                 official_vertical_quirk: bool = False,
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None):
-        super().__init__(init_cfg=init_cfg)
-        settings = dict(dict(d_state=16, ssm_ratio=2.0, drop_path_rate=0.2),
-                        **self.parse_arch(arch, required=('dims', 'depths')))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
-        dims, depths = tuple(settings['dims']), tuple(settings['depths'])
-        if len(dims) != len(depths):
-            raise ValueError(f'dims {dims} and depths {depths} must have the same length')
-        self.dims, self.depths = dims, depths
-        self.num_stages = len(depths)
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages, self.norm_eval = frozen_stages, norm_eval
-        if drop_path_rate is None:
-            drop_path_rate = settings['drop_path_rate']
-        block_dirs, search = resolve_directions(
-            directions if directions is not None else settings.get('directions', 'search'),
-            sum(depths))
-        self.search = search
-
-        self.patch_embed = nn.Sequential(
-            nn.Conv2d(3, dims[0], 4, 4), _ChannelsLast(), nn.LayerNorm(dims[0]))
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.layers = nn.ModuleList()
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            first = sum(depths[:i])
-            blocks = nn.Sequential(*[
-                LocalVSSBlock(
-                    dim,
-                    LocalSS2D(dim, block_dirs[first + j], search, settings['d_state'],
-                              settings['ssm_ratio'],
-                              official_vertical_quirk=official_vertical_quirk),
-                    rates[first + j], with_cp) for j in range(depth)
-            ])
-            downsample = PatchMerging2D(dim, dims[i + 1]) \
-                if i < self.num_stages - 1 else nn.Identity()
-            self.layers.append(LocalVMambaStage(blocks, downsample))
-        for i in self.out_indices:
-            self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i]))
-        self._freeze_stages()
-
-    def forward(self, x: torch.Tensor):
-        self.check_input(x, min_size=16)
-        return self.forward_stages(self.patch_embed(x), 'blocks')
-
-    def stem_and_stages(self):
-        return self.patch_embed, list(self.layers)
-
-
-class _ChannelsLast(nn.Module):
-    """NCHW -> NHWC (``patch_embed.1`` of the official stem; no parameters)."""
-
-    def forward(self, x):
-        return x.permute(0, 2, 3, 1)
-
-
-# -- LocalVim detection neck (ViTDet's simple feature pyramid) ----------------------------------
-
-
-class LN2d(LayerNorm2d):
-    """Channel LayerNorm for NCHW maps as a config norm type (``dict(type='vssm_mm.LN2d')``).
-
-    ``_abbr_`` gives mmcv's ConvModule the attribute name the official ViTDet ``LN2d`` gets.
-    """
-    _abbr_ = 'norm_layer'
-
-
-if 'LN2d' not in MODELS.module_dict:
-    MODELS.register_module('LN2d', module=LN2d)
-
-
-class _ConvNorm(nn.Module):
-    """Conv (no bias) + LN2d, named like mmcv's ConvModule with an LN2d norm."""
-
-    def __init__(self, in_channels: int, out_channels: int, kernel_size: int):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2,
-                              bias=False)
-        self.norm_layer = LN2d(out_channels)
-
-    def forward(self, x):
-        return self.norm_layer(self.conv(x))
-
-
-@MODELS.register_module()
-class SimpleFPN(BaseModule):
-    """ViTDet's simple feature pyramid from one stride-16 map (LocalVim detection).
-
-    Strides 4 (two 2x transposed convs), 8, 16 and 32 (max-pool), each through a 1x1 lateral
-    and a 3x3 output conv with LN2d; extra levels by stride-2 subsampling.
-
-    Args:
-        backbone_channel (int): Channels of the backbone map.
-        in_channels (list[int]): Channels of the four pyramid inputs
-            (``[C/4, C/2, C, C]``).
-        out_channels (int): Output channels.
-        num_outs (int): Number of output levels (>= 4).
-    """
-
-    def __init__(self, backbone_channel: int, in_channels: Sequence[int], out_channels: int,
-                 num_outs: int, init_cfg=None):
-        super().__init__(init_cfg=init_cfg)
-        c = backbone_channel
-        expected = [c // 4, c // 2, c, c]
-        if list(in_channels) != expected:
-            raise ValueError(f'SimpleFPN: in_channels must be {expected} for backbone_channel '
-                             f'{c}, got {list(in_channels)}')
-        self.num_outs = num_outs
-        self.fpn1 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2), LN2d(c // 2), nn.GELU(),
-                                  nn.ConvTranspose2d(c // 2, c // 4, 2, 2))
-        self.fpn2 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2))
-        self.fpn3 = nn.Sequential(nn.Identity())
-        self.fpn4 = nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=2))
-        self.lateral_convs = nn.ModuleList([_ConvNorm(ch, out_channels, 1) for ch in in_channels])
-        self.fpn_convs = nn.ModuleList(
-            [_ConvNorm(out_channels, out_channels, 3) for _ in in_channels])
-
-    def forward(self, x) -> tuple:
-        if isinstance(x, (tuple, list)):
-            x = x[-1]
-        inputs = [self.fpn1(x), self.fpn2(x), self.fpn3(x), self.fpn4(x)]
-        outs = [fpn(lateral(feat)) for feat, lateral, fpn in
-                zip(inputs, self.lateral_convs, self.fpn_convs)]
-        while len(outs) < self.num_outs:
-            outs.append(F.max_pool2d(outs[-1], 1, stride=2))
-        return tuple(outs)
