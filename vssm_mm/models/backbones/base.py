@@ -1,6 +1,6 @@
 """Behaviour every vssm_mm backbone shares: arch lookup, out_indices, freezing, norm_eval."""
 import copy
-from typing import Iterable, Sequence, Tuple, Union
+from typing import Iterable, Optional, Sequence, Tuple, Union
 
 import torch
 from torch import nn
@@ -138,10 +138,30 @@ class VSSMBackboneMixin:
                 module.reset_parameters()
             else:
                 self.init_extra(module)
+        self.init_last()
         self._is_init = True
 
     def init_extra(self, module: nn.Module) -> None:
         """Family-specific init of a module the shared rules do not cover (default: keep)."""
+
+    def init_last(self) -> None:
+        """Family-specific init after the per-module rules (default: nothing)."""
+
+    def init_arch(self, arch: Union[str, dict], required: Iterable[str] = (),
+                  defaults: Optional[dict] = None) -> dict:
+        """Settings of ``arch`` over ``defaults``; sets ``arch_name`` (``'custom'`` for dicts)."""
+        settings = dict(defaults or {}, **self.parse_arch(arch, required))
+        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
+            if isinstance(arch, str) else 'custom'
+        return settings
+
+    def init_outputs(self, num_stages: int, out_indices, frozen_stages: int,
+                     norm_eval: bool) -> None:
+        """Check and set ``num_stages``, ``out_indices``, ``frozen_stages`` and ``norm_eval``."""
+        self.num_stages = num_stages
+        self.out_indices = self.parse_out_indices(out_indices, num_stages)
+        self.frozen_stages = self.parse_frozen_stages(frozen_stages, num_stages)
+        self.norm_eval = norm_eval
 
     def _freeze_stages(self) -> None:
         if self.frozen_stages < 0:

@@ -149,18 +149,12 @@ class EfficientVMamba(VSSMBackboneMixin, BaseModule):
     arch_defaults = dict(evss_stages=2, d_state=16, ssm_ratio=2.0, attn_ratio=0.125,
                          expand_ratio=4, se_ratio=0.125, drop_path_rate=0.1)
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'tiny',
-                 out_indices: Union[Sequence[int], int] = (3, ),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None):
+    def __init__(self, arch: Union[str, dict] = 'tiny',
+                 out_indices: Union[Sequence[int], int] = (3, ), frozen_stages: int = -1,
+                 norm_eval: bool = False, drop_path_rate: Optional[float] = None,
+                 with_cp: bool = False, init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = dict(self.arch_defaults, **self.parse_arch(arch, required=('dims', 'depths')))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
+        settings = self.init_arch(arch, ('dims', 'depths'), self.arch_defaults)
         dims, depths = tuple(settings['dims']), tuple(settings['depths'])
         if len(dims) != len(depths):
             raise ValueError(f'arch dims {dims} and depths {depths} must have the same length')
@@ -168,12 +162,9 @@ class EfficientVMamba(VSSMBackboneMixin, BaseModule):
         if not 0 <= evss_stages <= len(depths):
             raise ValueError(f'evss_stages={evss_stages} must be between 0 and {len(depths)}')
         self.dims, self.depths = dims, depths
-        self.num_stages = len(depths)
+        self.init_outputs(len(depths), out_indices, frozen_stages, norm_eval)
         if drop_path_rate is None:
             drop_path_rate = settings['drop_path_rate']
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self.parse_frozen_stages(frozen_stages, self.num_stages)
-        self.norm_eval = norm_eval
 
         self.stem = PatchifyStem(dims[0])
         # On the CPU even when the model is built on the meta device (to count parameters).

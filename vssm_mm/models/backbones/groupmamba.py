@@ -235,20 +235,14 @@ class GroupMamba(VSSMBackboneMixin, BaseModule):
     arch_aliases = {'t': 'tiny', 's': 'small', 'b': 'base'}
     out_types = ('featmap', 'cls_token')
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'tiny',
-                 out_indices: Union[Sequence[int], int] = (3, ),
-                 out_type: str = 'featmap',
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False,
+    def __init__(self, arch: Union[str, dict] = 'tiny',
+                 out_indices: Union[Sequence[int], int] = (3, ), out_type: str = 'featmap',
+                 frozen_stages: int = -1, norm_eval: bool = False,
+                 drop_path_rate: Optional[float] = None, with_cp: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = self.parse_arch(
+        settings = self.init_arch(
             arch, required=('stem_hidden_dim', 'embed_dims', 'depths', 'mlp_ratios'))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
         dims, depths = tuple(settings['embed_dims']), tuple(settings['depths'])
         mlp_ratios = tuple(settings['mlp_ratios'])
         if not len(dims) == len(depths) == len(mlp_ratios) == 4:
@@ -260,14 +254,12 @@ class GroupMamba(VSSMBackboneMixin, BaseModule):
                              f'16 (the channel-affinity bottleneck is C // 16), got {bad}')
         if out_type not in self.out_types:
             raise ValueError(f'out_type must be one of {self.out_types}, got {out_type!r}')
-        self.dims, self.depths, self.num_stages = dims, depths, len(depths)
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
+        self.dims, self.depths = dims, depths
+        self.init_outputs(len(depths), out_indices, frozen_stages, norm_eval)
         if out_type == 'cls_token' and self.out_indices != (self.num_stages - 1, ):
             raise ValueError("out_type='cls_token' is the classification feature after the last "
                              f'stage: use out_indices=(3,), got {out_indices}')
         self.out_type = out_type
-        self.frozen_stages = self.parse_frozen_stages(frozen_stages, self.num_stages)
-        self.norm_eval = norm_eval
         if drop_path_rate is None:
             drop_path_rate = settings.get('drop_path_rate', 0.0)
 

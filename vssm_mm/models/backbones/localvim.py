@@ -247,9 +247,7 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
                  with_cp: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = dict(self.defaults, **self.parse_arch(arch, required=('embed_dim', 'depth')))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
+        settings = self.init_arch(arch, ('embed_dim', 'depth'), self.defaults)
         dim, depth = settings['embed_dim'], settings['depth']
         if depth < self.num_stages:
             raise ValueError(f'LocalVim needs depth >= {self.num_stages}, got {depth}')
@@ -259,12 +257,11 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
             raise ValueError("out_type='cls_token' needs an arch with a class token ('tiny_mid')")
         self.embed_dim, self.depth = dim, depth
         self.dims = (dim, ) * self.num_stages
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
+        self.init_outputs(self.num_stages, out_indices, frozen_stages, norm_eval)
         self.stage_ends = tuple((s + 1) * depth // self.num_stages - 1
                                 for s in range(self.num_stages))
         self.out_type, self.final_norm = out_type, final_norm
-        self.frozen_stages = self.parse_frozen_stages(frozen_stages, self.num_stages)
-        self.norm_eval, self.with_cp = norm_eval, with_cp
+        self.with_cp = with_cp
         self.use_rope, self.use_cls = bool(settings['rope']), bool(settings['cls_token'])
         norm_type = norm_type or settings['norm']
         if drop_path_rate is None:
@@ -379,37 +376,28 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
 
     # -- init / freezing -----------------------------------------------------------------------
 
-    def init_weights(self):
-        """The official model's effective initialisation (Vim's).
+    def init_extra(self, module: nn.Module) -> None:
+        if isinstance(module, RMSNorm):
+            nn.init.ones_(module.weight)
 
-        Every Linear gets trunc-normal(0.02) weights and a zero bias -- including ``dt_proj_k``,
-        whose Mamba init the official ``segm_init_weights`` overwrites -- norms 1/0, then each
-        ``out_proj`` is re-drawn kaiming-uniform and divided by sqrt(depth).
+    @torch.no_grad()
+    def init_last(self) -> None:
+        """The rest of the official model's effective initialisation (Vim's).
+
+        After the shared rules (trunc-normal Linears, unit norms), each ``out_proj`` is re-drawn
+        kaiming-uniform and divided by sqrt(depth), and the SSM projections are drawn like the
+        official ``x_proj_k`` / ``dt_proj_k`` Linears, whose Mamba init the official
+        ``segm_init_weights`` overwrites: trunc-normal(0.02) weights, zero bias.
         """
-        if self.is_pretrained_init():
-            super().init_weights()
-            return
-        for module in self.modules():
-            if isinstance(module, nn.Linear):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, (nn.LayerNorm, RMSNorm)):
-                nn.init.ones_(module.weight)
-                if getattr(module, 'bias', None) is not None:
-                    nn.init.zeros_(module.bias)
-        with torch.no_grad():
-            for block in self.blocks:
-                mixer = block.mixer
-                nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
-                mixer.out_proj.weight.div_(math.sqrt(self.depth))
-                # Official x_proj / dt_proj are nn.Linear: trunc-normal weights, zero bias.
-                nn.init.trunc_normal_(mixer.ssm.x_proj_weight, std=0.02)
-                nn.init.trunc_normal_(mixer.ssm.dt_proj_weight, std=0.02)
-                nn.init.zeros_(mixer.ssm.dt_proj_bias)
-                mixer.ssm.reset_A_D()
+        for block in self.blocks:
+            mixer = block.mixer
+            nn.init.kaiming_uniform_(mixer.out_proj.weight, a=math.sqrt(5))
+            mixer.out_proj.weight.div_(math.sqrt(self.depth))
+            nn.init.trunc_normal_(mixer.ssm.x_proj_weight, std=0.02)
+            nn.init.trunc_normal_(mixer.ssm.dt_proj_weight, std=0.02)
+            nn.init.zeros_(mixer.ssm.dt_proj_bias)
+            mixer.ssm.reset_A_D()
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        self._is_init = True
 
     def paper_flops(self, height: int = 224, width: int = 224, num_classes: int = 1000) -> int:
         """FLOPs as the LocalVim paper counts them (the official model's analytic formula).

@@ -100,29 +100,19 @@ class LocalVMamba(VSSMBackboneMixin, BaseModule):
     arch_aliases = {'t': 'tiny', 's': 'small', 't_search': 'tiny_search',
                     's_search': 'small_search'}
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'tiny',
-                 out_indices: Union[Sequence[int], int] = (3, ),
-                 directions=None,
-                 official_vertical_quirk: bool = False,
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None):
+    def __init__(self, arch: Union[str, dict] = 'tiny',
+                 out_indices: Union[Sequence[int], int] = (3, ), directions=None,
+                 official_vertical_quirk: bool = False, frozen_stages: int = -1,
+                 norm_eval: bool = False, drop_path_rate: Optional[float] = None,
+                 with_cp: bool = False, init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = dict(dict(d_state=16, ssm_ratio=2.0, drop_path_rate=0.2),
-                        **self.parse_arch(arch, required=('dims', 'depths')))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
+        settings = self.init_arch(arch, ('dims', 'depths'),
+                                  dict(d_state=16, ssm_ratio=2.0, drop_path_rate=0.2))
         dims, depths = tuple(settings['dims']), tuple(settings['depths'])
         if len(dims) != len(depths):
             raise ValueError(f'dims {dims} and depths {depths} must have the same length')
         self.dims, self.depths = dims, depths
-        self.num_stages = len(depths)
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self.parse_frozen_stages(frozen_stages, self.num_stages)
-        self.norm_eval = norm_eval
+        self.init_outputs(len(depths), out_indices, frozen_stages, norm_eval)
         if drop_path_rate is None:
             drop_path_rate = settings['drop_path_rate']
         block_dirs, search = resolve_directions(

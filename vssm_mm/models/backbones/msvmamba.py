@@ -225,19 +225,13 @@ class MSVMamba(VSSMBackboneMixin, BaseModule):
     arch_aliases = {'n': 'nano', 'm': 'micro', 't': 'tiny', 'v2_t': 'v2_tiny',
                     'v2_s': 'v2_small', 'v2_b': 'v2_base'}
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'tiny',
-                 out_indices: Union[Sequence[int], int] = (3, ),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None):
+    def __init__(self, arch: Union[str, dict] = 'tiny',
+                 out_indices: Union[Sequence[int], int] = (3, ), frozen_stages: int = -1,
+                 norm_eval: bool = False, drop_path_rate: Optional[float] = None,
+                 with_cp: bool = False, init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = self.parse_arch(arch, required=('generation', 'dims', 'depths', 'd_state',
-                                                   'ssm_ratio', 'gate', 'ffn_ratio'))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
+        settings = self.init_arch(arch, required=('generation', 'dims', 'depths', 'd_state',
+                                                  'ssm_ratio', 'gate', 'ffn_ratio'))
         generation = settings['generation']
         if generation not in GENERATIONS:
             raise ValueError(f"arch generation must be 'v1' or 'v2', got {generation!r}")
@@ -245,12 +239,9 @@ class MSVMamba(VSSMBackboneMixin, BaseModule):
         self.generation, self.channels_first = generation, channels_first
         dims, depths = tuple(settings['dims']), tuple(settings['depths'])
         self.dims, self.depths = dims, depths
-        self.num_stages = len(depths)
+        self.init_outputs(len(depths), out_indices, frozen_stages, norm_eval)
         if drop_path_rate is None:
             drop_path_rate = settings.get('drop_path_rate', 0.0)
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = self.parse_frozen_stages(frozen_stages, self.num_stages)
-        self.norm_eval = norm_eval
 
         self.stem = stem(dims[0])
         rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
