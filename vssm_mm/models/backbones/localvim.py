@@ -283,7 +283,7 @@ class LocalVim(VSSMBackboneMixin, BaseModule):
 
         # Official schedule: layer i drops with linspace(0, rate, depth)[i - 1] (layer 0: none);
         # the add before norm_f uses the full rate.
-        rates = [0.0] + torch.linspace(0, drop_path_rate, depth).tolist()
+        rates = [0.0] + torch.linspace(0, drop_path_rate, depth, device='cpu').tolist()
         self.blocks = nn.ModuleList([
             LocalVimBlock(
                 dim,
