@@ -5,10 +5,10 @@
         --out configs/localmamba/my_localvim_tiny_in1k.py
 
 For every layer (LocalVim) or block (LocalVMamba) of the supernet, the learnable direction
-weights (``direction_merge.weights``; ``multi_scan.weights`` in official files) are turned into probabilities with a softmax; the ``--top``
-(default 4) most likely of the eight candidates are kept and written in canonical order
-(h, h_flip, v, v_flip, w2, w2_flip, w7, w7_flip), which is the order of the per-direction
-parameters, as the official tool does. Reads our training checkpoints (``state_dict``), converted
+weights (``direction_merge.weights``; ``multi_scan.weights`` in official files) are turned
+into probabilities with a softmax; the ``--top`` (default 4) most likely of the eight
+candidates are kept and written in canonical order (h, h_flip, v, v_flip, w2, w2_flip, w7,
+w7_flip), which is the order of the per-direction parameters, as the official tool does. Reads our training checkpoints (``state_dict``), converted
 ones and official trainer files (``model``).
 
 With ``--base`` the output is a config that inherits that config and sets

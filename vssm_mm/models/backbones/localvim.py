@@ -25,24 +25,10 @@ from torch import nn
 from vssm_mm.ops.scan_orders import get_scan_order
 from vssm_mm.registry import MODELS
 
-from ..layers import DropPath, SelectiveSSM, scan_sequences
+from ..layers import DropPath, RMSNorm, SelectiveSSM, scan_sequences
 from ..layers.localmamba_blocks import (DirectionMerge, apply_rotary, resize_token_table,
                                         resolve_directions, rotary_tables, square_grid)
 from .base import VSSMBackboneMixin
-
-class RMSNorm(nn.Module):
-    """``x * rsqrt(mean(x^2) + eps) * weight`` (Mamba's RMSNorm, weight only)."""
-
-    def __init__(self, dim: int, eps: float = 1e-5):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.ones(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        out = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight
-        return out.to(x.dtype)
-
 
 class PatchEmbed(nn.Module):
     """Conv patchify; pads the image at the bottom/right to a multiple of the patch size."""
