@@ -1,7 +1,7 @@
 """Convert official checkpoints of the four families into vssm_mm checkpoints.
 
 An official file is read with :func:`safe_load` (no arbitrary code), its weights are picked
-(EMA or raw), renamed to our model's names and checked against a freshly built model of the
+(EMA or raw), renamed to our model's names by the family's key map (``families/``) and checked against a freshly built model of the
 requested architecture, so that a mismatch is reported key by key instead of surfacing later as
 a silently random layer. The result is ``{'state_dict': ..., 'meta': ...}``:
 
@@ -30,7 +30,6 @@ class ArchSpec:
         arch: The backbone's ``arch`` argument.
         classifier_keys: Official classifier key prefix -> ours (applied before the
             ``backbone.`` prefix is added to everything else).
-        rename: Optional renaming of backbone keys before the family's key map.
         backbone_kwargs: Extra constructor arguments.
         convert: Optional full replacement of the renaming: ``state_dict -> (converted,
             is_dense)`` for families whose keys need more than prefixes.
@@ -41,7 +40,6 @@ class ArchSpec:
     backbone: str
     arch: str
     classifier_keys: Dict[str, str] = field(default_factory=dict)
-    rename: Optional[Callable[[str], str]] = None
     backbone_kwargs: dict = field(default_factory=dict)
     convert: Optional[Callable[[StateDict], Tuple[StateDict, bool]]] = None
     head_keys: Optional[Callable[[int, object], Dict[str, tuple]]] = None
@@ -115,9 +113,6 @@ def convert_state_dict(state_dict: StateDict, spec: ArchSpec) -> Tuple[StateDict
                 else:
                     key = 'backbone.' + key
             converted[key] = value
-    if spec.rename is not None:
-        converted = {('backbone.' + spec.rename(k[9:]) if k.startswith('backbone.') else k): v
-                     for k, v in converted.items()}
     return map_backbone_keys(converted, spec.backbone), dense
 
 
