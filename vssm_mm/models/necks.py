@@ -62,8 +62,6 @@ class SimpleFPN(BaseModule):
         self.fpn1 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2), LN2d(c // 2), nn.GELU(),
                                   nn.ConvTranspose2d(c // 2, c // 4, 2, 2))
         self.fpn2 = nn.Sequential(nn.ConvTranspose2d(c, c // 2, 2, 2))
-        self.fpn3 = nn.Sequential(nn.Identity())
-        self.fpn4 = nn.Sequential(nn.MaxPool2d(kernel_size=2, stride=2))
         self.lateral_convs = nn.ModuleList([_ConvNorm(ch, out_channels, 1) for ch in in_channels])
         self.fpn_convs = nn.ModuleList(
             [_ConvNorm(out_channels, out_channels, 3) for _ in in_channels])
@@ -71,7 +69,8 @@ class SimpleFPN(BaseModule):
     def forward(self, x) -> tuple:
         if isinstance(x, (tuple, list)):
             x = x[-1]
-        inputs = [self.fpn1(x), self.fpn2(x), self.fpn3(x), self.fpn4(x)]
+        # Strides 4, 8, 16 (the map itself) and 32 (max-pooled); only the first two learn.
+        inputs = [self.fpn1(x), self.fpn2(x), x, F.max_pool2d(x, kernel_size=2, stride=2)]
         outs = [fpn(lateral(feat)) for feat, lateral, fpn in
                 zip(inputs, self.lateral_convs, self.fpn_convs)]
         while len(outs) < self.num_outs:
