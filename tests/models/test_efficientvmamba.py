@@ -9,7 +9,7 @@ from vssm_testing import (REPO, count_params, has_mm_stack, official_state_dict,
                           run_smoke_training, run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
-from vssm_mm.checkpoint.convert import (ARCHS, ArchSpec, check_keys, convert_checkpoint,
+from vssm_mm.checkpoint.convert import (ArchSpec, check_keys, convert_checkpoint,
                                         convert_state_dict, register_arch)
 from vssm_mm.models.backbones import EfficientVMamba
 
@@ -285,8 +285,8 @@ def _official_classifier_checkpoint(tmp_path, arch):
     ours = {f'backbone.{k}': v for k, v in model.state_dict().items()}
     ours['head.fc.weight'] = torch.randn(1000, width) * 0.02
     ours['head.fc.bias'] = torch.randn(1000) * 0.02
-    official = official_state_dict(ARCHS[f'efficientvmamba-{arch[0]}'],
-                                   f'efficientvmamba_keys_{arch}', ours)
+    spec = ArchSpec('EfficientVMamba', arch, CLASSIFIER_KEYS)
+    official = official_state_dict(spec, f'efficientvmamba_keys_{arch}', ours)
     path = tmp_path / f'efficient_vmamba_{arch}.ckpt'
     torch.save({'state_dict': {'module.module.' + k: v for k, v in official.items()}}, path)
     return path, model, official
