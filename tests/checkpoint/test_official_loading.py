@@ -28,11 +28,21 @@ def _dump(name):
 
 @pytest.mark.parametrize('dump', list(DUMPS))
 def test_official_classifiers_are_recognised_and_fit_one_arch(dump):
-    mapped = map_official_checkpoint({'model': _dump(dump), 'epoch': 300})
+    mapped = map_official_checkpoint({'model': _dump(dump), 'model_ema': _dump(dump),
+                                      'epoch': 300})
+    assert sorted(mapped) == ['epoch', 'meta', 'state_dict'] and mapped['epoch'] == 300
     assert mapped['meta']['archs'] == DUMPS[dump]
-    assert mapped['meta']['weights'] == 'raw'
+    assert mapped['meta']['weights'] == 'ema'
     assert find_archs(mapped['state_dict']) == DUMPS[dump]  # our layout: the same answer
     assert find_archs(_dump(dump)) == DUMPS[dump]  # the official layout directly
+
+
+def test_bare_official_state_dicts_are_recognised():
+    """GroupMamba's released files are bare state dicts (no container)."""
+    mapped = map_official_checkpoint(_dump('groupmamba_keys_tiny'))
+    assert sorted(mapped) == ['meta', 'state_dict'] and mapped['meta']['weights'] == 'bare'
+    assert mapped['meta']['archs'] == ['groupmamba-t']
+    assert 'backbone.stages.0.blocks.0.mixer.ssm.A_log' in mapped['state_dict']
 
 
 def test_official_detection_backbone_fits_the_dense_arch():

@@ -35,6 +35,8 @@ OUR_ROOTS = {
                  'out_norms.'),
     'GroupMamba': ('stem.', 'stages.', 'out_norms.', 'class_block.', 'class_norm.'),
 }
+#: Top-level entries of a checkpoint that hold weights (see :func:`pick_weights`).
+WEIGHT_CONTAINERS = ('model_ema', 'state_dict_ema', 'ema_model', 'model', 'state_dict', 'module')
 #: Official names that no key of ours contains.
 OFFICIAL_ONLY = ('.op.', '.attn.', 'mamba_g', 'multi_scan', 'conv_branch', 'convFFN', '.se.')
 
@@ -112,8 +114,9 @@ def map_official_checkpoint(checkpoint):
     """An official checkpoint in our layout; anything else unchanged.
 
     Returns ``{'state_dict': converted, 'meta': {'official_layout': <backbone class>,
-    'archs': [names in ARCHS it fits], 'weights': 'ema' | 'raw' | 'bare'}}`` for an official
-    file (EMA weights when the file has them, as ``tools/convert_checkpoint.py`` does).
+    'archs': [names in ARCHS it fits], 'weights': 'ema' | 'raw' | 'bare', ...}, ...}`` for an
+    official file (EMA weights when the file has them, as ``tools/convert_checkpoint.py`` does;
+    the file's other top-level entries are kept, its weight containers replaced).
     ``archs`` is empty for a custom size; whether the weights fit the model is then checked
     when they are loaded into it.
 
@@ -138,5 +141,9 @@ def map_official_checkpoint(checkpoint):
             'keys have no place in our model: ' + ', '.join(left_over[:20]) +
             (' ...' if len(left_over) > 20 else '') + '. Convert it with '
             'tools/convert_checkpoint.py --arch ARCH to see the key-by-key comparison.')
-    meta = dict(official_layout=family, archs=find_archs(converted, family), weights=which)
-    return dict(state_dict=converted, meta=meta)
+    meta = dict(checkpoint.get('meta') or {}, official_layout=family,
+                archs=find_archs(converted, family), weights=which)
+    # Other entries (epoch, message hub, ...) stay; every weight container is replaced.
+    rest = {} if which == 'bare' else {
+        k: v for k, v in checkpoint.items() if k not in WEIGHT_CONTAINERS and k != 'meta'}
+    return dict(rest, state_dict=converted, meta=meta)
