@@ -116,7 +116,7 @@ setup(
     license='Apache-2.0',
     python_requires='>=3.9',
     packages=find_packages(include=['vssm_mm', 'vssm_mm.*']),
-    install_requires=['torch>=2.1', 'einops', 'mmengine>=0.10.0,<1.0.0'],
+    install_requires=['torch>=2.1', 'mmengine>=0.10.0,<1.0.0'],
     extras_require={
         'tasks': ['mmcv>=2.0.0,<2.2.0', 'mmpretrain>=1.2.0', 'mmdet>=3.3.0', 'mmsegmentation>=1.2.2',
                   'ftfy', 'regex'],

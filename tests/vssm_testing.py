@@ -1,9 +1,12 @@
 """Helpers shared by the tests (importable: tests/ is on pytest's pythonpath)."""
+import math
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,3 +171,28 @@ def read_key_dump(name):
         key, shape, _ = line.split('\t')
         sections[-1][key] = tuple(int(s) for s in shape.strip('()').split(',') if s.strip())
     return sections[0] if len(sections) == 1 else dict(sections[0], __sections__=sections)
+
+
+def official_state_dict(spec, dump, ours):
+    """The official checkpoint that converts (with ``spec``) into exactly ``ours``.
+
+    Inverts the converter generically: every element of an official tensor (shapes from the
+    key dump ``dump``) is tagged with its own index, the tags are converted, and the result
+    says where each of our values comes from. Works for any key map that moves elements
+    (renames, stacking, concatenation, reordering, reshapes).
+    """
+    from vssm_mm.checkpoint.convert import convert_state_dict
+    shapes = {k: s for k, s in read_key_dump(dump).items() if k != '__sections__'}
+    tags, offset = {}, 0
+    for key, shape in shapes.items():
+        count = math.prod(shape)
+        tags[key] = torch.arange(offset, offset + count, dtype=torch.float64).view(shape)
+        offset += count
+    converted, _ = convert_state_dict(tags, spec)
+    assert set(converted) == set(ours), set(converted) ^ set(ours)
+    values = torch.zeros(offset, dtype=torch.float64)
+    for key, tag in converted.items():
+        values[tag.flatten().long()] = ours[key].double().flatten()
+    return {key: values[tag.flatten().long()].view(tag.shape).to(
+        torch.long if key.endswith('num_batches_tracked') else torch.float32)
+        for key, tag in tags.items()}

@@ -5,10 +5,10 @@
         --out configs/localmamba/my_localvim_tiny_in1k.py
 
 For every layer (LocalVim) or block (LocalVMamba) of the supernet, the learnable direction
-weights (``multi_scan.weights``) are turned into probabilities with a softmax; the ``--top``
-(default 4) most likely of the eight candidates are kept and written in canonical order
-(h, h_flip, v, v_flip, w2, w2_flip, w7, w7_flip), which is the order of the per-direction
-parameters, as the official tool does. Reads our training checkpoints (``state_dict``), converted
+weights (``direction_merge.weights``; ``multi_scan.weights`` in official files) are turned
+into probabilities with a softmax; the ``--top`` (default 4) most likely of the eight
+candidates are kept and written in canonical order (h, h_flip, v, v_flip, w2, w2_flip, w7,
+w7_flip), which is the order of the per-direction parameters, as the official tool does. Reads our training checkpoints (``state_dict``), converted
 ones and official trainer files (``model``).
 
 With ``--base`` the output is a config that inherits that config and sets
@@ -24,7 +24,7 @@ import sys
 
 import torch
 
-WEIGHTS_SUFFIX = 'multi_scan.weights'
+WEIGHTS_SUFFIXES = ('direction_merge.weights', 'multi_scan.weights')
 
 
 def parse_args(argv=None):
@@ -48,14 +48,14 @@ def _state_dict(checkpoint):
 
 
 def _layer_key(name):
-    """Sort 'layers.2.blocks.10.op...' numerically (stage-major, then block)."""
+    """Sort 'stages.2.blocks.10.mixer...' numerically (stage-major, then block)."""
     return [int(part) for part in re.findall(r'\.(\d+)\.', '.' + name)]
 
 
 def direction_weights(state_dict):
     """[(parameter name, (8,) weights), ...] in layer order."""
     found = [(k, v) for k, v in state_dict.items()
-             if k.endswith(WEIGHTS_SUFFIX) and isinstance(v, torch.Tensor)]
+             if k.endswith(WEIGHTS_SUFFIXES) and isinstance(v, torch.Tensor)]
     return sorted(found, key=lambda item: _layer_key(item[0]))
 
 
@@ -64,7 +64,7 @@ def export_directions(state_dict, top=4):
     from vssm_mm.ops.scan_orders import LOCALMAMBA_DIRECTIONS
     weights = direction_weights(state_dict)
     if not weights:
-        raise ValueError(f'no *{WEIGHTS_SUFFIX} in the checkpoint: is it a search supernet '
+        raise ValueError(f'no *{WEIGHTS_SUFFIXES[0]} in the checkpoint: is it a search supernet '
                          "(arch 'search', 'tiny_search' or 'small_search')?")
     candidates = len(LOCALMAMBA_DIRECTIONS)
     if not 1 <= top <= candidates:

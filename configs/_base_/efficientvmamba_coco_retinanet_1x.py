@@ -6,7 +6,7 @@
 _base_ = ['mmdet::swin/retinanet_swin-t-p4-w7_fpn_1x_coco.py']
 custom_imports = dict(imports=['vssm_mm'], allow_failed_imports=False)
 
-# Only the stages the FPN reads: an unused outnorm0 would stall DDP.
+# Only the stages the FPN reads: an unused out_norms.0 would stall DDP.
 model = dict(backbone=dict(_delete_=True, out_indices=(1, 2, 3), drop_path_rate=0.2))
 
 optim_wrapper = dict(

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 from torch import nn
-from vssm_testing import (REPO, count_params, has_mm_stack, read_key_dump, run_smoke_training,
-                          run_tool, smoke_config)
+from vssm_testing import (REPO, count_params, has_mm_stack, official_state_dict, read_key_dump,
+                          run_smoke_training, run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
 from vssm_mm.checkpoint.convert import (ArchSpec, check_keys, convert_checkpoint,
@@ -171,7 +171,7 @@ def test_any_input_size(size):
 def test_out_indices_subset_stops_early():
     model = EfficientVMamba('tiny', out_indices=(1, -3)).eval()
     assert model.out_indices == (1, )
-    assert not hasattr(model, 'outnorm3') and hasattr(model, 'outnorm1')
+    assert list(model.out_norms) == ['1']
     with torch.no_grad():
         (out, ) = model(torch.randn(1, 3, 64, 48))
     assert out.shape == (1, 96, 8, 6)
@@ -215,22 +215,22 @@ def test_norm_eval_keeps_batchnorm_statistics():
 def test_frozen_stages():
     model = EfficientVMamba('tiny', out_indices=(0, 1, 2, 3), frozen_stages=3)
     model.train()
-    frozen = [model.patch_embed, model.layers[0], model.layers[1], model.layers[2],
-              model.outnorm0, model.outnorm1, model.outnorm2]
+    frozen = [model.stem, model.stages[0], model.stages[1], model.stages[2],
+              model.out_norms['0'], model.out_norms['1'], model.out_norms['2']]
     for module in frozen:
         assert not module.training
         assert all(not p.requires_grad for p in module.parameters())
     # The frozen inverted-residual stage keeps its BatchNorm statistics too.
-    stats = [m.running_mean.clone() for m in _batch_norms(model.layers[2])]
-    assert model.layers[3].training and all(p.requires_grad for p in model.layers[3].parameters())
+    stats = [m.running_mean.clone() for m in _batch_norms(model.stages[2])]
+    assert model.stages[3].training and all(p.requires_grad for p in model.stages[3].parameters())
     before = {n: p.clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     sum(o.mean() for o in model(torch.randn(2, 3, 64, 64))).backward()
     optimizer.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed and all(n.startswith(('layers.3.', 'outnorm3')) for n in changed)
+    assert changed and all(n.startswith(('stages.3.', 'out_norms.3.')) for n in changed)
     assert all(torch.equal(m.running_mean, s)
-               for m, s in zip(_batch_norms(model.layers[2]), stats))
+               for m, s in zip(_batch_norms(model.stages[2]), stats))
     with pytest.raises(ValueError, match='frozen_stages'):
         EfficientVMamba('tiny', frozen_stages=5)
 
@@ -255,7 +255,7 @@ def test_with_cp_gives_same_outputs_and_grads():
 def test_drop_path_schedule_spans_all_blocks():
     with META:
         model = EfficientVMamba('base')
-    rates = [m.drop_path.drop_prob for stage in model.layers for m in stage.modules()
+    rates = [m.drop_path.drop_prob for stage in model.stages for m in stage.modules()
              if hasattr(m, 'drop_path')]
     assert len(rates) == 15
     torch.testing.assert_close(torch.tensor(rates), torch.linspace(0, 0.1, 15))
@@ -281,12 +281,12 @@ def _official_classifier_checkpoint(tmp_path, arch):
     torch.manual_seed(1)
     model = EfficientVMamba(arch)
     model.init_weights()
-    official = {}
-    for key, value in model.state_dict().items():
-        official[key.replace('outnorm3.', 'classifier.norm.')] = value
     width = model.dims[-1]
-    official['classifier.head.weight'] = torch.randn(1000, width) * 0.02
-    official['classifier.head.bias'] = torch.randn(1000) * 0.02
+    ours = {f'backbone.{k}': v for k, v in model.state_dict().items()}
+    ours['head.fc.weight'] = torch.randn(1000, width) * 0.02
+    ours['head.fc.bias'] = torch.randn(1000) * 0.02
+    spec = ArchSpec('EfficientVMamba', arch, CLASSIFIER_KEYS)
+    official = official_state_dict(spec, f'efficientvmamba_keys_{arch}', ours)
     path = tmp_path / f'efficient_vmamba_{arch}.ckpt'
     torch.save({'state_dict': {'module.module.' + k: v for k, v in official.items()}}, path)
     return path, model, official
@@ -336,9 +336,9 @@ def test_pretrained_init_into_dense_backbones(tmp_path, config):
     backbone.init_weights()
     ours = backbone.state_dict()
     for key, value in model.state_dict().items():
-        if key in ours:  # the retinanet backbone has no outnorm0
+        if key in ours:  # the retinanet backbone has no out_norms.0
             torch.testing.assert_close(ours[key], value, msg=key)
-    assert 'outnorm3.weight' in ours and 'layers.2.6.reduction.weight' in ours
+    assert 'out_norms.3.weight' in ours and 'stages.2.downsample.reduction.weight' in ours
 
 
 CONFIGS = sorted(glob.glob(str(REPO / 'configs' / 'efficientvmamba' / '*.py')))
@@ -423,11 +423,13 @@ def test_in1k_recipe_is_the_logged_one():
         assert group['lr'] == 2e-3
         for param in group['params']:
             decay[names[id(param)]] = group['weight_decay']
-    block = 'layers.0.blocks.0.'
-    assert decay[block + 'op.A_logs'] == decay[block + 'op.dt_projs_bias'] == 0.04
-    assert decay[block + 'op.x_proj_weight'] == decay[block + 'op.in_proj.weight'] == 0.04
-    assert decay[block + 'op.Ds'] == decay[block + 'norm.weight'] == 0.0
-    assert decay[block + 'se.global_reduce.bias'] == decay['layers.2.1.conv_pw.1.weight'] == 0.0
+    block = 'stages.0.blocks.0.'
+    ssm = block + 'mixer.ssm.'
+    assert decay[ssm + 'A_log'] == decay[ssm + 'dt_proj_bias'] == 0.04
+    assert decay[ssm + 'x_proj_weight'] == decay[block + 'mixer.in_proj.weight'] == 0.04
+    assert decay[ssm + 'D'] == decay[block + 'norm.weight'] == 0.0
+    assert decay[block + 'channel_attn.reduce.bias'] == \
+        decay['stages.2.blocks.0.expand.1.weight'] == 0.0
 
 
 def _retinanet_smoke_config(path, demo_data, tmp_path):

@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vssm_testing import (REPO, count_params, has_mm_stack, read_key_dump, run_smoke_training,
-                          run_tool, smoke_config)
+from vssm_testing import (REPO, count_params, has_mm_stack, official_state_dict, read_key_dump,
+                          run_smoke_training, run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
 from vssm_mm.checkpoint.convert import (build_reference_keys, check_keys, convert_checkpoint,
@@ -58,7 +58,7 @@ def _stage_sizes(height, width):
 @pytest.mark.parametrize('arch', ARCHS)
 def test_parameter_counts(arch):
     dense = GroupMamba(arch, out_indices=(0, 1, 2, 3))
-    outnorms = sum(_count(getattr(dense, f'outnorm{i}')) for i in range(4))
+    outnorms = _count(dense.out_norms)
     assert _count(dense) - outnorms == BACKBONE_PARAMS[arch]
     classifier = GroupMamba(arch, out_type='cls_token')
     width = classifier.dims[-1]
@@ -153,7 +153,7 @@ def test_any_input_size(size):
 
 def test_out_indices_subset_stops_early():
     model = GroupMamba(SMALL, out_indices=(1, )).eval()
-    assert not hasattr(model, 'outnorm0') and not hasattr(model, 'outnorm3')
+    assert list(model.out_norms) == ['1']
     with torch.no_grad():
         (out, ) = model(torch.randn(1, 3, 40, 56))
     assert out.shape == (1, 32, 5, 7)
@@ -236,57 +236,55 @@ def test_gradients_flow_on_non_square_input(out_type):
     model.init_weights()
     with torch.no_grad():  # keep the 1-unit channel-affinity ReLU of width 16 from being dead
         for name, param in model.named_parameters():
-            if name.endswith('attn.fc1.bias'):
+            if name.endswith('mixer.fc1.bias'):
                 param.fill_(1.0)
     outs = model(torch.randn(2, 3, 45, 70))
     sum(o.square().mean() for o in outs).backward()
     no_grad = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum()]
     # The class block scans a sequence of length 1 from a zero state: y = C * delta * B * u + D * u
-    # does not depend on A (in the official model too), so those four A_logs never learn.
-    expected = [f'post_network.0.attn.mamba_g{k}.A_logs' for k in range(1, 5)] \
-        if out_type == 'cls_token' else []
+    # does not depend on A (in the official model too), so its A_log never learns.
+    expected = ['class_block.mixer.ssm.A_log'] if out_type == 'cls_token' else []
     assert no_grad == expected
 
 
 def test_init_weights_follows_the_official_init():
     model = GroupMamba(SMALL, out_type='cls_token')
     model.init_weights()
-    layer = model.block3[0].attn
+    layer = model.stages[2].blocks[0].mixer
     assert torch.equal(layer.skip_scale, torch.ones(1))
-    assert torch.equal(layer.mamba_g2.A_logs, torch.zeros(18, 1))  # A = -1 (d_state = 1)
-    assert torch.equal(layer.mamba_g2.Ds, torch.ones(18))
-    delta = F.softplus(layer.mamba_g2.dt_projs_bias)
+    assert torch.equal(layer.ssm.A_log, torch.zeros(4 * 18, 1))  # A = -1 (d_state = 1)
+    assert torch.equal(layer.ssm.D, torch.ones(4 * 18))
+    delta = F.softplus(layer.ssm.dt_proj_bias)
     assert delta.min() >= 1e-4 and delta.max() <= 0.1 + 1e-6
     assert abs(layer.proj.weight.std().item() - 0.02) < 0.002 and layer.proj.bias.abs().sum() == 0
-    conv = model.patch_embed2.proj
+    conv = model.stages[0].downsample.proj
     assert abs(conv.weight.std().item() - math.sqrt(2 / (9 * 32))) < 0.03
-    assert torch.equal(model.norm4.weight, torch.ones(96))
+    assert torch.equal(model.class_norm.weight, torch.ones(96))
 
 
 def test_frozen_stages_and_norm_eval():
     model = GroupMamba(SMALL, out_indices=(0, 1, 2, 3), frozen_stages=2, norm_eval=True)
     model.train()
-    frozen = [model.patch_embed1, model.block1, model.norm1, model.patch_embed2, model.block2,
-              model.norm2, model.patch_embed3, model.outnorm0, model.outnorm1]
+    frozen = [model.stem, model.stages[0], model.stages[1], model.out_norms['0'],
+              model.out_norms['1']]
     for module in frozen:
         assert not module.training
         assert all(not p.requires_grad for p in module.parameters())
-    assert model.block3.training and all(p.requires_grad for p in model.block3.parameters())
+    assert model.stages[2].training and all(p.requires_grad for p in model.stages[2].parameters())
     before = {n: p.clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     sum(o.mean() for o in model(torch.randn(1, 3, 64, 64))).backward()
     optimizer.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    frozen_names = ('patch_embed1', 'block1.', 'norm1', 'patch_embed2', 'block2.', 'norm2',
-                    'patch_embed3', 'outnorm0', 'outnorm1')
+    frozen_names = ('stem.', 'stages.0.', 'stages.1.', 'out_norms.0.', 'out_norms.1.')
     assert changed and not any(n.startswith(frozen_names) for n in changed)
 
     # norm_eval alone keeps the stem's BatchNorm statistics.
     model = GroupMamba(SMALL, norm_eval=True).train()
-    stats = model.patch_embed1.conv[1].running_mean.clone()
+    stats = model.stem.conv[1].running_mean.clone()
     model(torch.randn(2, 3, 32, 32))
-    assert torch.equal(model.patch_embed1.conv[1].running_mean, stats)
-    assert model.block1.training
+    assert torch.equal(model.stem.conv[1].running_mean, stats)
+    assert model.stages[0].training
     with pytest.raises(ValueError, match='frozen_stages'):
         GroupMamba(SMALL, frozen_stages=5)
 
@@ -306,10 +304,10 @@ def test_with_cp_gives_same_outputs_and_grads():
 def test_drop_path_schedule():
     model = GroupMamba('tiny', out_type='cls_token')
     rates = [block.drop_path.drop_prob
-             for i in range(1, 5) for block in getattr(model, f'block{i}')]
+             for stage in model.stages for block in stage.blocks]
     assert len(rates) == 19 and rates[0] == 0.0 and math.isclose(rates[-1], 0.05, rel_tol=1e-6)
     assert all(b > a for a, b in zip(rates, rates[1:]))
-    assert not hasattr(model.post_network[0], 'drop_path')  # the class block has none
+    assert not hasattr(model.class_block, 'drop_path')  # the class block has none
 
 
 def test_bad_arguments_say_what_to_do():
@@ -339,12 +337,12 @@ def official_tiny(tmp_path_factory):
     torch.manual_seed(1)
     model = GroupMamba('tiny', out_type='cls_token')
     model.init_weights()
-    official = dict(model.state_dict())
     width = model.dims[-1]
-    official['head.weight'] = torch.randn(1000, width) * 0.02
-    official['head.bias'] = torch.randn(1000) * 0.02
-    official['dist_head.weight'] = torch.randn(1000, width) * 0.02
-    official['dist_head.bias'] = torch.randn(1000) * 0.02
+    ours = {f'backbone.{k}': v for k, v in model.state_dict().items()}
+    for head in ('head', 'dist_head'):
+        ours[f'head.{head}.weight'] = torch.randn(1000, width) * 0.02
+        ours[f'head.{head}.bias'] = torch.randn(1000) * 0.02
+    official = official_state_dict(arch_spec('tiny'), 'groupmamba_keys_tiny', ours)
     src = tmp_path / 'groupmamba_tiny_ema.pth'
     torch.save(official, src)
     converted = tmp_path / 'groupmamba_tiny_in1k.pth'
@@ -395,7 +393,7 @@ def test_pretrained_init_into_dense_backbones(official_tiny):
     backbone.init_weights()
     ours = backbone.state_dict()
     loaded = [k for k in model.state_dict() if k in ours]
-    assert len(loaded) == len(ours) - 8  # everything but outnorm0..3
+    assert len(loaded) == len(ours) - 8  # everything but out_norms.0..3
     for key in loaded:
         torch.testing.assert_close(ours[key], model.state_dict()[key], msg=key)
 
@@ -475,12 +473,12 @@ def test_in1k_recipe_is_the_official_one():
         assert group['lr'] == 1e-3
         for param in group['params']:
             decay[names[id(param)]] = group['weight_decay']
-    layer = 'block1.0.attn.'
-    assert decay[layer + 'mamba_g1.A_logs'] == decay[layer + 'mamba_g3.dt_projs_bias'] == 0.05
-    assert decay[layer + 'mamba_g2.x_proj_weight'] == decay[layer + 'proj.weight'] == 0.05
-    assert decay[layer + 'mamba_g4.Ds'] == decay[layer + 'skip_scale'] == 0.0
-    assert decay[layer + 'norm.weight'] == decay['patch_embed1.conv.1.weight'] == 0.0
-    assert decay[layer + 'fc1.bias'] == decay['norm4.bias'] == 0.0
+    layer = 'stages.0.blocks.0.mixer.'
+    assert decay[layer + 'ssm.A_log'] == decay[layer + 'ssm.dt_proj_bias'] == 0.05
+    assert decay[layer + 'ssm.x_proj_weight'] == decay[layer + 'proj.weight'] == 0.05
+    assert decay[layer + 'ssm.D'] == decay[layer + 'skip_scale'] == 0.0
+    assert decay[layer + 'norm.weight'] == decay['stem.conv.1.weight'] == 0.0
+    assert decay[layer + 'fc1.bias'] == decay['class_norm.bias'] == 0.0
 
 
 def _toy_teacher(tmp_path, num_classes):

@@ -6,13 +6,13 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from vssm_testing import (REPO, count_params, has_mm_stack, read_key_dump, run_smoke_training,
-                          run_tool, smoke_config)
+from vssm_testing import (REPO, count_params, has_mm_stack, official_state_dict, read_key_dump,
+                          run_smoke_training, run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
-from vssm_mm.checkpoint.convert import (ARCHS, ArchSpec, ConversionError, build_reference_keys,
-                                        check_keys, convert_checkpoint, convert_state_dict,
-                                        register_arch)
+from vssm_mm.checkpoint.convert import (ARCHS, KEY_MAPS, ArchSpec, ConversionError,
+                                        build_reference_keys, check_keys, convert_checkpoint,
+                                        convert_state_dict, register_arch)
 from vssm_mm.checkpoint.families.localmamba import VMAMBA_CLASSIFIER_KEYS, convert_localvim
 from vssm_mm.models.backbones import LocalVim, LocalVMamba
 from vssm_mm.models.layers.localmamba_blocks import SEARCHED_DIRECTIONS, resolve_directions
@@ -76,7 +76,7 @@ def test_dense_backbone_sizes_and_official_keys():
     assert check_keys(converted, reference, dense=True) == []
     assert sum(math.prod(s) for s in reference.values()) == 24_759_504
     # LocalVim segmentation (512, four outputs) and detection (1024, layer 19) backbones: the
-    # official 'outnorm_{j}' (j-th output) is our 'outnorm{stage}'.
+    # official 'outnorm_{j}' (j-th output) is 'outnorm{stage}' for the key map.
     for dump, img_size, stages, params in [('backbone_local_vim_tiny_seg512', 512, (0, 1, 2, 3),
                                             7_965_312),
                                            ('backbone_local_vim_tiny_det1024', 1024, (3, ),
@@ -89,8 +89,8 @@ def test_dense_backbone_sizes_and_official_keys():
             if key.startswith('outnorm_'):
                 j, rest = key[len('outnorm_'):].split('.', 1)
                 key = f'outnorm{stages[int(j)]}.{rest}'
-            theirs[key] = shape
-        assert theirs == ours
+            theirs[key] = torch.empty(shape)
+        assert {k: tuple(v.shape) for k, v in KEY_MAPS['LocalVim'](theirs).items()} == ours
         assert _count(model) == params
 
 
@@ -141,8 +141,6 @@ def test_localvim_logits_equal_official():
     torch.testing.assert_close(_logits(shared, square, state), fixture['logits_shared_A_log'],
                                rtol=0, atol=1e-4)
     assert (fixture['logits_shared_A_log'] - fixture['logits']).abs().max() > 1e-2
-    mixer = shared.layers[0].mixer
-    assert mixer.A_log_0.data_ptr() == mixer.A_log_3.data_ptr()
 
 
 @torch.no_grad()
@@ -150,7 +148,7 @@ def test_localvim_middle_cls_logits_equal_official():
     path = FIXTURES / 'localmamba_official_vim_mid.pth'
     fixture = safe_load(path)
     arch = _vim_arch(fixture['settings'], rope=False, cls_token=True)
-    state, _ = convert_localvim(fixture['state_dict'])
+    state, _ = convert_state_dict(fixture['state_dict'], ARCHS['localvim-t-mid'])
     model = LocalVim(arch, img_size=112, out_type='cls_token').eval()
     model.load_state_dict({k[9:]: v for k, v in state.items() if k.startswith('backbone.')},
                           strict=True)
@@ -168,7 +166,7 @@ def test_localvim_dense_backbone_equals_official():
     state = {k.replace('outnorm_', 'outnorm'): v for k, v in fixture['state_dict'].items()}
     model = LocalVim(_vim_arch(fixture['settings']), img_size=128, out_indices=(0, 1, 2, 3),
                      final_norm=False, norm_type='ln', official_vertical_quirk=True).eval()
-    model.load_state_dict(state, strict=True)
+    model.load_state_dict(KEY_MAPS['LocalVim'](state), strict=True)
     outs = model(fixture['images'])
     assert len(outs) == 4
     for ours, theirs in zip(outs, fixture['outs']):
@@ -222,7 +220,7 @@ def test_position_tables_resize_when_loading():
     large = LocalVim(VIM_SMALL, img_size=128, out_indices=(0, 1, 2, 3), final_norm=False)
     result = large.load_state_dict(small.state_dict(), strict=False)
     assert set(result.missing_keys) == {
-        f'outnorm{i}.{p}' for i in range(4) for p in ('weight', 'bias')}
+        f'out_norms.{i}.{p}' for i in range(4) for p in ('weight', 'bias')}
     assert set(result.unexpected_keys) == {'norm_f.weight'}
 
     def bicubic(table):  # (1, 49, C) -> (1, 64, C)
@@ -232,8 +230,8 @@ def test_position_tables_resize_when_loading():
 
     torch.testing.assert_close(large.pos_embed, bicubic(small.pos_embed))
     torch.testing.assert_close(large.rope.freqs_cos, bicubic(small.rope.freqs_cos[None])[0])
-    torch.testing.assert_close(large.layers[2].mixer.in_proj.weight,
-                               small.layers[2].mixer.in_proj.weight)
+    torch.testing.assert_close(large.blocks[2].mixer.in_proj.weight,
+                               small.blocks[2].mixer.in_proj.weight)
 
 
 @pytest.mark.parametrize('family', ['LocalVim', 'LocalVim-mid', 'LocalVMamba-search'])
@@ -256,20 +254,23 @@ def test_gradients_flow_on_non_square_input(family):
 def test_frozen_stages():
     for model, stem in [
         (LocalVim(VIM_SMALL, out_indices=(0, 1, 2, 3), final_norm=False, frozen_stages=2,
-                  drop_path_rate=0.0), 'patch_embed'),
+                  drop_path_rate=0.0), ('patch_embed', 'blocks')),
         (LocalVMamba(VMAMBA_SMALL, out_indices=(0, 1, 2, 3), frozen_stages=2,
-                     drop_path_rate=0.0), 'patch_embed'),
+                     drop_path_rate=0.0), ('stem', 'stages')),
     ]:
+        stem, stages = stem
         model.train()
         before = {n: p.clone() for n, p in model.named_parameters()}
         optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
         sum(o.mean() for o in model(torch.randn(1, 3, 64, 64))).backward()
         optimizer.step()
         changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-        frozen = (stem, 'pos_embed', 'layers.0.', 'layers.1.', 'outnorm0', 'outnorm1')
+        frozen = (stem, 'pos_embed', f'{stages}.0.', f'{stages}.1.', 'out_norms.0.',
+                  'out_norms.1.')
         assert changed and not any(n.startswith(frozen) for n in changed)
-        assert any(n.startswith('layers.2.') for n in changed)
-        assert not model.layers[0].training and model.layers[2].training
+        assert any(n.startswith(f'{stages}.2.') for n in changed)
+        layers = getattr(model, stages)
+        assert not layers[0].training and layers[2].training
     with pytest.raises(ValueError, match='frozen_stages'):
         LocalVMamba(VMAMBA_SMALL, frozen_stages=5)
 
@@ -329,9 +330,10 @@ def official_localvim(tmp_path_factory):
     torch.manual_seed(1)
     model = LocalVim('tiny')
     model.init_weights()
-    official = dict(model.state_dict())
-    official['head.weight'] = torch.randn(1000, 192) * 0.02
-    official['head.bias'] = torch.randn(1000) * 0.02
+    ours = {f'backbone.{k}': v for k, v in model.state_dict().items()}
+    ours['head.fc.weight'] = torch.randn(1000, 192) * 0.02
+    ours['head.fc.bias'] = torch.randn(1000) * 0.02
+    official = official_state_dict(ARCHS['localvim-t'], 'localmamba_keys_local_vim_tiny', ours)
     src, dst = tmp_path / 'local_vim_tiny.ckpt', tmp_path / 'localvim_tiny_in1k.pth'
     torch.save({'state_dict': official}, src)
     result = run_tool(['tools/convert_checkpoint.py', '--arch', 'localvim-t', str(src), str(dst)])
@@ -378,7 +380,7 @@ def test_pretrained_init_into_dense_localvim(official_localvim, config):
     assert ours['pos_embed'].shape == (1, side * side, 192)
     assert ours['rope.freqs_sin'].shape == (side * side, 192)
     for key, value in model.state_dict().items():
-        if key.startswith('layers.') and not key.endswith('norm.bias'):
+        if key.startswith('blocks.') and not key.endswith('norm.bias'):
             torch.testing.assert_close(ours[key], value, msg=key)
 
 
@@ -388,10 +390,10 @@ def test_pretrained_init_into_dense_localvmamba(tmp_path):
     from vssm_mm.registry import MODELS
     torch.manual_seed(2)
     model = LocalVMamba('tiny')
-    official = {k.replace('outnorm3.', 'classifier.norm.'): v
-                for k, v in model.state_dict().items()}
-    official.update({'classifier.head.weight': torch.zeros(1000, 768),
-                     'classifier.head.bias': torch.zeros(1000)})
+    ours = {f'backbone.{k}': v for k, v in model.state_dict().items()}
+    ours.update({'head.fc.weight': torch.zeros(1000, 768), 'head.fc.bias': torch.zeros(1000)})
+    official = official_state_dict(ARCHS['localvmamba-t'], 'localmamba_keys_local_vssm_tiny',
+                                   ours)
     src, dst = tmp_path / 'local_vssm_tiny.ckpt', tmp_path / 'localvmamba_tiny_in1k.pth'
     torch.save({'state_dict': official}, src)
     torch.save(convert_checkpoint(str(src), 'localvmamba-t'), dst)
@@ -493,8 +495,8 @@ def test_search_trains_one_iteration(demo_data, tmp_path):
     backbone = runner.model.backbone
     assert backbone.search and (tmp_path / 'iter_1.pth').is_file()
     optimizer = runner.optim_wrapper.optimizer
-    for layer in backbone.layers:
-        weights = layer.mixer.multi_scan.weights
+    for block in backbone.blocks:
+        weights = block.mixer.direction_merge.weights
         assert weights.shape == (8, 1, 1, 1)
         assert optimizer.state[weights]['exp_avg'].abs().sum() > 0
         group = next(g for g in optimizer.param_groups if any(p is weights for p in g['params']))
@@ -511,8 +513,8 @@ def test_export_directions_from_supernet_checkpoint(tmp_path, family, arch, base
     torch.manual_seed(0)
     supernet = LocalVim(arch) if family == 'LocalVim' else LocalVMamba(arch)
     state = {f'backbone.{k}': v for k, v in supernet.state_dict().items()}
-    key = 'backbone.layers.8.mixer.multi_scan.weights' if family == 'LocalVim' else \
-        'backbone.layers.2.blocks.4.op.multi_scan.weights'  # block 8 overall
+    key = 'backbone.blocks.8.mixer.direction_merge.weights' if family == 'LocalVim' else \
+        'backbone.stages.2.blocks.4.mixer.direction_merge.weights'  # block 8 overall
     state[key] = torch.tensor([5., 0, 4, 0, 0, 3, 6, 0]).view(8, 1, 1, 1)
     ckpt = tmp_path / 'epoch_100.pth'
     torch.save({'state_dict': state, 'meta': {'epoch': 100}}, ckpt)
@@ -529,8 +531,8 @@ def test_export_directions_from_supernet_checkpoint(tmp_path, family, arch, base
     assert searched.model.backbone.arch == 'tiny'  # the searched lists go into the final model
     model = MODELS_BUILD(searched.model.backbone)
     assert not model.search and len(model.stem_and_stages()[1]) == 4
-    ops = [layer.mixer for layer in model.layers] if family == 'LocalVim' else \
-        [block.op for stage in model.layers for block in stage.blocks]
+    ops = [block.mixer for block in model.blocks] if family == 'LocalVim' else \
+        [block.mixer for stage in model.stages for block in stage.blocks]
     assert [list(op.directions) for op in ops] == directions
     if family == 'LocalVim':
         # Not a supernet: a clear error.

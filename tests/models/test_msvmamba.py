@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from vssm_testing import (REPO, count_params, has_mm_stack, read_key_dump, run_smoke_training,
-                          run_tool, smoke_config)
+from vssm_testing import (REPO, count_params, has_mm_stack, official_state_dict, read_key_dump,
+                          run_smoke_training, run_tool, smoke_config)
 
 from vssm_mm.checkpoint import safe_load
-from vssm_mm.checkpoint.convert import (ArchSpec, check_keys, convert_checkpoint,
+from vssm_mm.checkpoint.convert import (ARCHS, ArchSpec, check_keys, convert_checkpoint,
                                         convert_state_dict, register_arch)
 from vssm_mm.models.backbones import MSVMamba
 
@@ -135,18 +135,19 @@ def test_gradients_flow_on_non_square_input():
 def test_frozen_stages_and_norm_eval():
     model = MSVMamba('nano', out_indices=(0, 1, 2, 3), frozen_stages=2, norm_eval=True)
     model.train()
-    frozen = [model.patch_embed, model.layers[0], model.layers[1], model.outnorm0, model.outnorm1]
+    frozen = [model.stem, model.stages[0], model.stages[1], model.out_norms['0'],
+              model.out_norms['1']]
     for module in frozen:
         assert not module.training
         assert all(not p.requires_grad for p in module.parameters())
-    assert model.layers[2].training and all(p.requires_grad for p in model.layers[2].parameters())
+    assert model.stages[2].training and all(p.requires_grad for p in model.stages[2].parameters())
     before = {n: p.clone() for n, p in model.named_parameters()}
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
     sum(o.mean() for o in model(torch.randn(1, 3, 64, 64))).backward()
     optimizer.step()
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
-    assert changed and not any(n.startswith(('patch_embed', 'layers.0.', 'layers.1.',
-                                             'outnorm0', 'outnorm1')) for n in changed)
+    assert changed and not any(n.startswith(('stem', 'stages.0.', 'stages.1.',
+                                             'out_norms.0.', 'out_norms.1.')) for n in changed)
     with pytest.raises(ValueError, match='frozen_stages'):
         MSVMamba('nano', frozen_stages=5)
 
@@ -179,13 +180,11 @@ def _official_classifier_checkpoint(tmp_path, arch):
     torch.manual_seed(1)
     model = MSVMamba(arch)
     model.init_weights()
-    official = {}
-    for key, value in model.state_dict().items():
-        key = key.replace('outnorm3.', 'classifier.norm.')
-        official[key] = value
     width = model.dims[-1]
-    official['classifier.head.weight'] = torch.randn(1000, width) * 0.02
-    official['classifier.head.bias'] = torch.randn(1000) * 0.02
+    ours = {f'backbone.{k}': v for k, v in model.state_dict().items()}
+    ours['head.fc.weight'] = torch.randn(1000, width) * 0.02
+    ours['head.fc.bias'] = torch.randn(1000) * 0.02
+    official = official_state_dict(ARCHS[CONVERTER_ARCH[arch]], f'msvmamba_keys_{arch}', ours)
     path = tmp_path / f'official_{arch}.pth'
     torch.save({'model': official, 'epoch': 299, 'max_accuracy': 1.0}, path)
     return path, model, official

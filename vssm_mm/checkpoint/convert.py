@@ -1,7 +1,7 @@
 """Convert official checkpoints of the four families into vssm_mm checkpoints.
 
 An official file is read with :func:`safe_load` (no arbitrary code), its weights are picked
-(EMA or raw), renamed to our model's names and checked against a freshly built model of the
+(EMA or raw), renamed to our model's names by the family's key map (``families/``) and checked against a freshly built model of the
 requested architecture, so that a mismatch is reported key by key instead of surfacing later as
 a silently random layer. The result is ``{'state_dict': ..., 'meta': ...}``:
 
@@ -14,15 +14,11 @@ import os
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
-import torch
-
 from .safe_load import safe_load
+from .state_dict import ConversionError, StateDict, pick_weights, strip_prefixes
 
-StateDict = Dict[str, torch.Tensor]
-
-
-class ConversionError(ValueError):
-    """The checkpoint does not fit the requested architecture."""
+__all__ = ['ARCHS', 'ArchSpec', 'ConversionError', 'KEY_MAPS', 'check_keys', 'convert_checkpoint',
+           'convert_state_dict', 'pick_weights', 'register_arch', 'register_key_map']
 
 
 @dataclass
@@ -34,8 +30,6 @@ class ArchSpec:
         arch: The backbone's ``arch`` argument.
         classifier_keys: Official classifier key prefix -> ours (applied before the
             ``backbone.`` prefix is added to everything else).
-        rename: Optional extra renaming of backbone keys (official -> ours).
-        head_norm_index: Stage whose ``outnorm`` the official final norm becomes.
         backbone_kwargs: Extra constructor arguments.
         convert: Optional full replacement of the renaming: ``state_dict -> (converted,
             is_dense)`` for families whose keys need more than prefixes.
@@ -46,7 +40,6 @@ class ArchSpec:
     backbone: str
     arch: str
     classifier_keys: Dict[str, str] = field(default_factory=dict)
-    rename: Optional[Callable[[str], str]] = None
     backbone_kwargs: dict = field(default_factory=dict)
     convert: Optional[Callable[[StateDict], Tuple[StateDict, bool]]] = None
     head_keys: Optional[Callable[[int, object], Dict[str, tuple]]] = None
@@ -54,10 +47,17 @@ class ArchSpec:
 
 
 ARCHS: Dict[str, ArchSpec] = {}
+#: Backbone class name -> function mapping an official backbone state dict (no ``backbone.``
+#: prefix) onto our module tree. Each family module under ``families/`` registers one.
+KEY_MAPS: Dict[str, Callable[[StateDict], StateDict]] = {}
 
 
 def register_arch(name: str, spec: ArchSpec) -> None:
     ARCHS[name] = spec
+
+
+def register_key_map(backbone: str, key_map: Callable[[StateDict], StateDict]) -> None:
+    KEY_MAPS[backbone] = key_map
 
 
 def _load_families():
@@ -71,44 +71,6 @@ def _load_families():
 
 
 _load_families()
-
-
-def pick_weights(checkpoint, weights: str = 'auto') -> Tuple[StateDict, str]:
-    """Return ``(state_dict, which)`` from an official container.
-
-    Args:
-        checkpoint: What the official file holds: a dict with ``model_ema`` / ``model`` /
-            ``state_dict`` / ``module``, or a bare state dict.
-        weights: ``'ema'``, ``'raw'`` or ``'auto'`` (EMA when present, else raw).
-    """
-    if not isinstance(checkpoint, dict):
-        raise ConversionError(f'expected a dict in the checkpoint, got {type(checkpoint).__name__}')
-    if weights not in ('auto', 'ema', 'raw'):
-        raise ValueError(f"weights must be 'auto', 'ema' or 'raw', got {weights!r}")
-    ema_keys = [k for k in ('model_ema', 'state_dict_ema', 'ema_model')
-                if isinstance(checkpoint.get(k), dict)]
-    raw_keys = [k for k in ('model', 'state_dict', 'module') if isinstance(checkpoint.get(k), dict)]
-    if weights in ('auto', 'ema') and ema_keys:
-        return dict(checkpoint[ema_keys[0]]), 'ema'
-    if weights == 'ema':
-        raise ConversionError(f'--weights ema: the checkpoint has no EMA weights (top-level keys: '
-                              f'{sorted(checkpoint)[:12]}); use --weights raw')
-    if raw_keys:
-        return dict(checkpoint[raw_keys[0]]), 'raw'
-    if all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
-        return dict(checkpoint), 'bare'
-    raise ConversionError('no state dict found: expected one of model_ema, model, state_dict, '
-                          f'module, or a bare state dict; top-level keys: {sorted(checkpoint)[:12]}')
-
-
-def _strip(key: str, prefixes=('module.', '_orig_mod.')) -> str:
-    changed = True
-    while changed:
-        changed = False
-        for prefix in prefixes:
-            if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
-    return key
 
 
 def build_reference_keys(spec: ArchSpec, dense: bool, num_classes: Optional[int]):
@@ -130,25 +92,39 @@ def build_reference_keys(spec: ArchSpec, dense: bool, num_classes: Optional[int]
 
 
 def convert_state_dict(state_dict: StateDict, spec: ArchSpec) -> Tuple[StateDict, bool]:
-    """Rename official keys; return ``(converted, is_dense_task_checkpoint)``."""
+    """Official keys -> ours; return ``(converted, is_dense_task_checkpoint)``.
+
+    Three steps: drop wrapper prefixes; move the official classifier's keys (``classifier_keys``
+    or the family's ``convert``) so that the backbone's official keys sit under ``backbone.``;
+    then the family's key map (:data:`KEY_MAPS`) renames those backbone keys to our module tree.
+    """
+    state_dict = {strip_prefixes(k): v for k, v in state_dict.items()}
     if spec.convert is not None:
-        return spec.convert({_strip(k): v for k, v in state_dict.items()})
-    keys = [_strip(k) for k in state_dict]
-    dense = any(k.startswith('backbone.') for k in keys)
-    converted = {}
-    for key, value in zip(keys, state_dict.values()):
-        if dense:
-            if key.startswith('backbone.') and spec.rename is not None:
-                key = 'backbone.' + spec.rename(key[len('backbone.'):])
+        converted, dense = spec.convert(state_dict)
+    else:
+        dense = any(k.startswith('backbone.') for k in state_dict)
+        converted = {}
+        for key, value in state_dict.items():
+            if not dense:
+                for src, dst in spec.classifier_keys.items():
+                    if key.startswith(src):
+                        key = dst + key[len(src):]
+                        break
+                else:
+                    key = 'backbone.' + key
             converted[key] = value
-            continue
-        for src, dst in spec.classifier_keys.items():
-            if key.startswith(src):
-                converted[dst + key[len(src):]] = value
-                break
-        else:
-            converted['backbone.' + (spec.rename(key) if spec.rename else key)] = value
-    return converted, dense
+    return map_backbone_keys(converted, spec.backbone), dense
+
+
+def map_backbone_keys(state_dict: StateDict, backbone: str) -> StateDict:
+    """Apply ``backbone``'s key map to the ``backbone.*`` entries; keep the others."""
+    key_map = KEY_MAPS.get(backbone)
+    if key_map is None:
+        return dict(state_dict)
+    inner = {k[len('backbone.'):]: v for k, v in state_dict.items() if k.startswith('backbone.')}
+    out = {k: v for k, v in state_dict.items() if not k.startswith('backbone.')}
+    out.update({'backbone.' + k: v for k, v in key_map(inner).items()})
+    return out
 
 
 def check_keys(converted: StateDict, reference: Dict[str, tuple], dense: bool) -> List[str]:

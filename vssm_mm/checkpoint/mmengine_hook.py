@@ -28,7 +28,15 @@ _INSTALLED = False
 
 
 def load_from_local(filename, map_location=None):
-    return safe_load(filename, map_location=map_location if map_location is not None else 'cpu')
+    """:func:`safe_load`, then official layouts mapped onto ours (:func:`map_official_checkpoint`).
+
+    So ``load_from`` and ``init_cfg=dict(type='Pretrained', checkpoint=..., prefix='backbone.')``
+    take official checkpoint files directly.
+    """
+    from .official import map_official_checkpoint
+    checkpoint = safe_load(filename,
+                           map_location=map_location if map_location is not None else 'cpu')
+    return map_official_checkpoint(checkpoint)
 
 
 def load_from_http(filename, map_location=None, model_dir=None, progress=False):

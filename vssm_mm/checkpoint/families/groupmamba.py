@@ -1,10 +1,55 @@
-"""Official GroupMamba checkpoints (bare EMA state dicts of the full classifier).
+"""GroupMamba key map and the official checkpoints (bare EMA state dicts of the classifier).
 
-Our classification backbone (``out_type='cls_token'``) keeps every official backbone name,
-including the class block ``post_network`` and ``norm4``; only the two linear heads move into
-the distillation head: ``head.*`` -> ``head.head.*`` and ``dist_head.*`` -> ``head.dist_head.*``.
+The two linear heads move into the distillation head (``head.*`` -> ``head.head.*``,
+``dist_head.*`` -> ``head.dist_head.*``); the backbone's official layout maps onto ours:
+``patch_embed1`` -> ``stem``; ``block{i}`` -> ``stages.{i-1}.blocks``; ``norm{i}`` and
+``patch_embed{i+1}`` -> ``stages.{i-1}.downsample.{norm_in,proj,norm}``; ``post_network.0`` /
+``norm4`` -> ``class_block`` / ``class_norm``; ``attn`` -> ``mixer``; the four groups'
+``mamba_g{k}`` keep their projections in ``mixer.groups.{k-1}`` and stack their SSM parameters
+in ``mixer.ssm``.
 """
-from ..convert import ArchSpec, ConversionError, register_arch
+import re
+
+import torch
+
+from ..convert import ArchSpec, ConversionError, register_arch, register_key_map
+from . import rename
+
+SSM_PARAMS = {'x_proj_weight': 'x_proj_weight', 'dt_projs_weight': 'dt_proj_weight',
+              'dt_projs_bias': 'dt_proj_bias', 'A_logs': 'A_log', 'Ds': 'D'}
+GROUP_SSM = re.compile(r'^(.*)\.mamba_g([1-4])\.(' + '|'.join(SSM_PARAMS) + ')$')
+RULES = [
+    (r'^patch_embed1\.', 'stem.'),
+    (r'^patch_embed(\d)\.', lambda m: f'stages.{int(m[1]) - 2}.downsample.'),
+    (r'^norm([1-3])\.', lambda m: f'stages.{int(m[1]) - 1}.downsample.norm_in.'),
+    (r'^block(\d)\.', lambda m: f'stages.{int(m[1]) - 1}.blocks.'),
+    (r'^post_network\.0\.', 'class_block.'),
+    (r'^norm4\.', 'class_norm.'),
+    (r'\.attn\.', '.mixer.'),
+    (r'\.mamba_g([1-4])\.conv2d\.', lambda m: f'.groups.{int(m[1]) - 1}.conv.'),
+    (r'\.mamba_g([1-4])\.', lambda m: f'.groups.{int(m[1]) - 1}.'),
+    (r'^outnorm(\d+)\.', r'out_norms.\1.'),
+]
+
+
+def key_map(state_dict):
+    """Official GroupMamba backbone keys -> ours (the groups' SSM parameters stacked)."""
+    stacks, rest = {}, {}
+    for key, value in state_dict.items():
+        match = GROUP_SSM.match(key)
+        if match:
+            stacks.setdefault((match[1], match[3]), {})[int(match[2])] = value
+        else:
+            rest[key] = value
+    for (layer, name), parts in stacks.items():
+        if sorted(parts) != [1, 2, 3, 4]:
+            raise ConversionError(f'{layer}: {name} of groups {sorted(parts)} only; a '
+                                  'GroupMamba layer has four groups (mamba_g1..4)')
+        rest[f'{layer}.ssm.{SSM_PARAMS[name]}'] = torch.cat([parts[k] for k in range(1, 5)])
+    return rename(rest, RULES)
+
+
+register_key_map('GroupMamba', key_map)
 
 CLASSIFIER_KEYS = {'head.': 'head.head.', 'dist_head.': 'head.dist_head.'}
 

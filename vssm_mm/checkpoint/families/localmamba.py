@@ -1,19 +1,74 @@
-"""Official LocalMamba checkpoints (hunto/LocalMamba releases and trainer files).
+"""LocalMamba key maps (LocalVim, LocalVMamba) and the official checkpoints.
 
-LocalVim keeps every official name (``norm_f`` included); only ``head.*`` becomes the
-classifier's ``head.fc.*``. LocalVMamba's ``classifier.norm`` becomes ``outnorm3`` as for the
-other VMamba-style families; its official mmdet/mmseg checkpoints (``backbone.outnorm{i}``)
-already use our names.
-
-The ``A_log_k`` of a LocalVim layer are kept as they are: trained checkpoints hold different
+LocalVim: ``head.*`` becomes the classifier's ``head.fc.*``; ``layers.{i}`` -> ``blocks.{i}``;
+a layer's per-direction ``conv1d_k``, ``x_proj_k``, ``dt_proj_k``, ``A_log_k``, ``D_k`` are stacked
+into one grouped ``mixer.conv`` and one ``mixer.ssm``; ``attn`` and ``multi_scan`` become
+``mixer.direction_merge``. The ``A_log_k`` keep their values: trained checkpoints hold different
 values per direction, because ``model.cuda()`` gives each of the official constructor's aliased
-parameters its own storage (loading them into an aliased CPU model instead keeps only the last
-one; see docs/models/localmamba.md).
-"""
-from ..convert import ArchSpec, ConversionError, register_arch
+parameters its own storage (see docs/models/localmamba.md).
 
-VMAMBA_CLASSIFIER_KEYS = {'classifier.norm.': 'backbone.outnorm3.',
-                          'classifier.head.': 'head.fc.'}
+LocalVMamba: VMamba-style (``patch_embed`` -> ``stem``, ``layers.{i}.blocks.{j}.op`` ->
+``stages.{i}.blocks.{j}.mixer``, ``classifier.norm`` -> the last output norm); its official
+mmdet/mmseg checkpoints name their output norms ``outnorm{i}``.
+"""
+import re
+
+import torch
+
+from ..convert import ArchSpec, ConversionError, register_arch, register_key_map
+from . import VMAMBA_CLASSIFIER_KEYS, rename, ssm_rules
+
+MERGE_RULES = [
+    (r'\.(?:attn|multi_scan\.attn)\.global_reduce\.', '.direction_merge.channel_attn.reduce.'),
+    (r'\.(?:attn|multi_scan\.attn)\.channel_select\.', '.direction_merge.channel_attn.expand.'),
+    (r'\.(?:attn|multi_scan\.attn)\.norm\.', '.direction_merge.channel_attn.norm.'),
+    (r'\.multi_scan\.weights$', '.direction_merge.weights'),
+    (r'^outnorm(\d+)\.', r'out_norms.\1.'),
+]
+VMAMBA_RULES = [
+    (r'^patch_embed\.0\.', 'stem.proj.'),
+    (r'^patch_embed\.2\.', 'stem.norm.'),
+    (r'^layers\.(\d+)\.', r'stages.\1.'),
+    (r'\.op\.conv2d\.', '.mixer.conv.'),
+] + ssm_rules('op', 'mixer.ssm') + [(r'\.op\.', '.mixer.')] + MERGE_RULES
+#: LocalVim per-direction parameter -> (our stacked parameter, stack (new axis) or concatenate).
+VIM_DIRECTION_PARAMS = {
+    'conv1d_{}.weight': ('conv.weight', False), 'conv1d_{}.bias': ('conv.bias', False),
+    'x_proj_{}.weight': ('ssm.x_proj_weight', True),
+    'dt_proj_{}.weight': ('ssm.dt_proj_weight', True),
+    'dt_proj_{}.bias': ('ssm.dt_proj_bias', True), 'A_log_{}': ('ssm.A_log', False),
+    'D_{}': ('ssm.D', False)}
+VIM_DIRECTION = re.compile(
+    r'^(.*\.mixer)\.(conv1d|x_proj|dt_proj|A_log|D)_(\d+)(\.weight|\.bias|)$')
+
+
+def localvim_key_map(state_dict):
+    """Official LocalVim backbone keys -> ours (per-direction parameters stacked)."""
+    parts, rest = {}, {}
+    for key, value in state_dict.items():
+        match = VIM_DIRECTION.match(key)
+        if match:
+            name = f'{match[2]}_{{}}{match[4]}'
+            parts.setdefault((match[1], name), {})[int(match[3])] = value
+        else:
+            rest[key] = value
+    for (mixer, name), by_direction in parts.items():
+        ours, stack = VIM_DIRECTION_PARAMS[name]
+        if sorted(by_direction) != list(range(len(by_direction))):
+            raise ConversionError(f'{mixer}: {name.format("k")} for directions '
+                                  f'{sorted(by_direction)}; expected 0..K-1')
+        tensors = [by_direction[k] for k in range(len(by_direction))]
+        rest[f'{mixer}.{ours}'] = torch.stack(tensors) if stack else torch.cat(tensors)
+    return rename(rest, [(r'^layers\.', 'blocks.')] + MERGE_RULES)
+
+
+def localvmamba_key_map(state_dict):
+    """Official LocalVMamba backbone keys -> ours."""
+    return rename(state_dict, VMAMBA_RULES)
+
+
+register_key_map('LocalVim', localvim_key_map)
+register_key_map('LocalVMamba', localvmamba_key_map)
 
 
 def convert_localvim(state_dict):

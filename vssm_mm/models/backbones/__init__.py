@@ -1,6 +1,7 @@
 from .efficientvmamba import EfficientVMamba
 from .groupmamba import GroupMamba
-from .localmamba import LocalVim, LocalVMamba
+from .localvim import LocalVim
+from .localvmamba import LocalVMamba
 from .msvmamba import MSVMamba
 
 __all__ = ['EfficientVMamba', 'GroupMamba', 'LocalVim', 'LocalVMamba', 'MSVMamba']

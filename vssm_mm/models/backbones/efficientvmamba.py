@@ -4,31 +4,28 @@ Stages 1-2 are EVSS blocks: a global branch, the ES2D mixer, which splits the ma
 stride-2 sub-grids and scans each one once (L' = ceil(H/2) * ceil(W/2) tokens per direction), and
 a local depthwise-conv branch. One shared channel attention (``se``) re-weights each branch and
 the two are summed. Stages 3-4 are MobileNetV2 inverted residuals with squeeze-excitation.
-Tensors run channels-last except inside the inverted-residual stages, as in the checkpoints,
-whose module names this file keeps (including the numeric indices of ``layers.2`` / ``layers.3``).
+Tensors run channels-last between blocks; the inverted residuals work in NCHW inside.
 """
 from typing import Dict, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import nn
 
 from vssm_mm.ops.scan_orders import atrous_merge, atrous_scan
 from vssm_mm.registry import MODELS
 
-from ..layers import DropPath, Permute
-from ..layers.ssm import init_ssm_params, scan_directions
+from ..layers import (DropPath, PatchifyStem, PatchMerging, SelectiveSSM, SqueezeExcite, Stage,
+                      TokenChannelAttention)
 from .base import VSSMBackboneMixin
-from .msvmamba import PatchMerging2D
 
 
-class ES2D(nn.Module):
-    """Efficient 2D selective scan: four skip-sampled directions, no sum over directions.
+class AtrousSSMMixer(nn.Module):
+    """Efficient 2D selective scan (ES2D): four skip-sampled directions, no sum over directions.
 
-    ``in_proj`` -> (x, z); x -> depthwise 3x3 + SiLU -> atrous split -> one SSM per sub-grid ->
-    scatter back -> LayerNorm; the result is gated by SiLU(z) and projected back to ``dim``.
+    ``in_proj`` -> (x, z); x -> depthwise 3x3 + SiLU -> atrous split -> one SSM direction per
+    sub-grid -> scatter back -> LayerNorm; the result is gated by SiLU(z) and projected back.
 
     Args:
         dim (int): Block width ``C``.
@@ -41,137 +38,82 @@ class ES2D(nn.Module):
     def __init__(self, dim: int, ssm_ratio: float = 2.0, d_state: int = 16):
         super().__init__()
         d_inner = int(ssm_ratio * dim)
-        self.d_inner = d_inner
-        init_ssm_params(self, num_groups=self.num_directions, d_inner=d_inner, d_state=d_state,
-                        dt_rank=-(-dim // 16))
-        self.out_norm = nn.LayerNorm(d_inner)
         self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
-        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner)
+        self.conv = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner)
+        self.ssm = SelectiveSSM(self.num_directions, d_inner, d_state, -(-dim // 16))
+        self.out_norm = nn.LayerNorm(d_inner)
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, z = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
-        size = tuple(x.shape[2:])
-        # The scan runs in fp32 whatever the autocast dtype, as the official kernel call does.
-        ys = scan_directions(atrous_scan(x), self.x_proj_weight, self.dt_projs_weight,
-                             self.dt_projs_bias, self.A_logs, self.Ds, force_fp32=True)
-        y = self.out_norm(atrous_merge(ys, size).permute(0, 2, 3, 1))
+        x = F.silu(self.conv(x.permute(0, 3, 1, 2)))
+        y = self.out_norm(atrous_merge(self.ssm(atrous_scan(x)), tuple(x.shape[2:]))
+                          .permute(0, 2, 3, 1))
         return self.out_proj(y.to(x.dtype) * F.silu(z))
 
 
-class BiAttn(nn.Module):
-    """Channel attention on channels-last maps: the gate comes from the normalised mean token.
+class LocalConvBranch(nn.Module):
+    """Depthwise 3x3 -> BatchNorm -> GELU -> pointwise 1x1, channels-last in and out."""
 
-    The un-normalised input is what gets scaled.
-    """
-
-    def __init__(self, channels: int, ratio: float = 0.125):
+    def __init__(self, dim: int):
         super().__init__()
-        reduced = int(channels * ratio)
-        self.norm = nn.LayerNorm(channels)
-        self.global_reduce = nn.Linear(channels, reduced)
-        self.channel_select = nn.Linear(reduced, channels)
+        self.dwconv = nn.Conv2d(dim, dim, 3, padding=1, groups=dim)
+        self.norm = nn.BatchNorm2d(dim)
+        self.pwconv = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = self.norm(x).mean(dim=(1, 2), keepdim=True)
-        return x * torch.sigmoid(self.channel_select(F.gelu(self.global_reduce(pooled))))
+        x = F.gelu(self.norm(self.dwconv(x.permute(0, 3, 1, 2))))
+        return self.pwconv(x).permute(0, 2, 3, 1)
 
 
 class EVSSBlock(nn.Module):
-    """``x + DropPath(se(ES2D(norm x)) + se(conv_branch(norm x)))``, channels-last.
+    """``x + DropPath(attn(mixer(norm x)) + attn(local(norm x)))``, channels-last.
 
-    There is no MLP: the released models were trained with ``mlp_ratio=0``.
+    One channel attention re-weights both branches. There is no MLP: the released models were
+    trained with ``mlp_ratio=0``.
     """
 
     def __init__(self, dim: int, ssm_ratio: float, d_state: int, attn_ratio: float,
-                 drop_path: float = 0.0, with_cp: bool = False):
+                 drop_path: float = 0.0):
         super().__init__()
-        self.with_cp = with_cp
         self.norm = nn.LayerNorm(dim)
-        self.op = ES2D(dim, ssm_ratio, d_state)
-        self.conv_branch = nn.Sequential(
-            nn.Conv2d(dim, dim, 3, padding=1, groups=dim), nn.BatchNorm2d(dim), nn.GELU(),
-            nn.Conv2d(dim, dim, 1))
-        self.se = BiAttn(dim, attn_ratio)
+        self.mixer = AtrousSSMMixer(dim, ssm_ratio, d_state)
+        self.local = LocalConvBranch(dim)
+        self.channel_attn = TokenChannelAttention(dim, attn_ratio)
         self.drop_path = DropPath(drop_path)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
-        local = self.conv_branch(h.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
-        return x + self.drop_path(self.se(self.op(h)) + self.se(local))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
+        return x + self.drop_path(self.channel_attn(self.mixer(h)) +
+                                  self.channel_attn(self.local(h)))
 
 
-class SqueezeExcite(nn.Module):
-    """Squeeze-excitation of the inverted residual (1x1 convs, ReLU, sigmoid), NCHW."""
-
-    def __init__(self, channels: int, reduced: int):
-        super().__init__()
-        self.conv_reduce = nn.Conv2d(channels, reduced, 1)
-        self.conv_expand = nn.Conv2d(reduced, channels, 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        scale = self.conv_expand(F.relu(self.conv_reduce(x.mean(dim=(2, 3), keepdim=True))))
-        return x * torch.sigmoid(scale)
+def _conv_bn(in_channels: int, out_channels: int, groups: int = 1) -> nn.Sequential:
+    kernel = 1 if groups == 1 else 3
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, groups=groups,
+                  bias=False), nn.BatchNorm2d(out_channels))
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block, NCHW: 1x1 expand -> depthwise 3x3 -> SE -> 1x1 project (+ x)."""
+    """MobileNetV2 block: 1x1 expand -> depthwise 3x3 -> SE -> 1x1 project (+ x).
 
-    def __init__(self, dim: int, expand_ratio: int, se_ratio: float, drop_path: float = 0.0,
-                 with_cp: bool = False):
+    Channels-last in and out like the rest of the network; NCHW inside.
+    """
+
+    def __init__(self, dim: int, expand_ratio: int, se_ratio: float, drop_path: float = 0.0):
         super().__init__()
-        self.with_cp = with_cp
         hidden = dim * expand_ratio
-        self.conv_pw = nn.Sequential(
-            nn.Conv2d(dim, hidden, 1, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
-        self.conv_dw = nn.Sequential(
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden, bias=False),
-            nn.BatchNorm2d(hidden), nn.ReLU(inplace=True))
-        self.se = SqueezeExcite(hidden, max(1, int(hidden * se_ratio)))
-        self.conv_pw2 = nn.Sequential(nn.Conv2d(hidden, dim, 1, bias=False), nn.BatchNorm2d(dim))
+        self.expand = _conv_bn(dim, hidden)
+        self.depthwise = _conv_bn(hidden, hidden, groups=hidden)
+        self.channel_attn = SqueezeExcite(hidden, max(1, int(hidden * se_ratio)))
+        self.project = _conv_bn(hidden, dim)
         self.drop_path = DropPath(drop_path)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.drop_path(self.conv_pw2(self.se(self.conv_dw(self.conv_pw(x)))))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
-
-
-class EVSSStage(nn.Module):
-    """``blocks`` then ``downsample`` (keys ``layers.{0,1}.blocks.*`` / ``.downsample.*``)."""
-
-    def __init__(self, blocks: nn.Module, downsample: nn.Module):
-        super().__init__()
-        self.blocks = blocks
-        self.downsample = downsample
-
-    def body(self, x: torch.Tensor) -> torch.Tensor:
-        return self.blocks(x)
-
-
-class InResStage(nn.Sequential):
-    """Indexed like the checkpoints: 0 = to NCHW, 1..d = blocks, d+1 = to NHWC, d+2 = downsample."""
-
-    def __init__(self, blocks: Sequence[nn.Module], downsample: nn.Module):
-        super().__init__(Permute(0, 3, 1, 2), *blocks, Permute(0, 2, 3, 1), downsample)
-
-    def body(self, x: torch.Tensor) -> torch.Tensor:
-        for module in list(self)[:-1]:
-            x = module(x)
-        return x
-
-    @property
-    def downsample(self) -> nn.Module:
-        return self[-1]
+        y = F.relu(self.expand(x.permute(0, 3, 1, 2)))
+        y = self.project(self.channel_attn(F.relu(self.depthwise(y))))
+        return x + self.drop_path(y.permute(0, 2, 3, 1))
 
 
 @MODELS.register_module()
@@ -184,7 +126,7 @@ class EfficientVMamba(VSSMBackboneMixin, BaseModule):
             (optional: ``evss_stages``, ``d_state``, ``ssm_ratio``, ``attn_ratio``,
             ``expand_ratio``, ``se_ratio``, ``drop_path_rate``; defaults as released).
         out_indices (Sequence[int] | int): Stages whose outputs (taken before the stage's
-            downsampling and passed through ``outnorm{i}``) are returned, NCHW. Defaults to
+            downsampling and passed through ``out_norms[str(i)]``) are returned, NCHW. Defaults to
             ``(3,)``, the input of the classification head.
         frozen_stages (int): Freeze the stem and the first ``frozen_stages`` stages (and their
             output norms); -1 freezes nothing.
@@ -207,18 +149,12 @@ class EfficientVMamba(VSSMBackboneMixin, BaseModule):
     arch_defaults = dict(evss_stages=2, d_state=16, ssm_ratio=2.0, attn_ratio=0.125,
                          expand_ratio=4, se_ratio=0.125, drop_path_rate=0.1)
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'tiny',
-                 out_indices: Union[Sequence[int], int] = (3, ),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None):
+    def __init__(self, arch: Union[str, dict] = 'tiny',
+                 out_indices: Union[Sequence[int], int] = (3, ), frozen_stages: int = -1,
+                 norm_eval: bool = False, drop_path_rate: Optional[float] = None,
+                 with_cp: bool = False, init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = dict(self.arch_defaults, **self.parse_arch(arch, required=('dims', 'depths')))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
+        settings = self.init_arch(arch, ('dims', 'depths'), self.arch_defaults)
         dims, depths = tuple(settings['dims']), tuple(settings['depths'])
         if len(dims) != len(depths):
             raise ValueError(f'arch dims {dims} and depths {depths} must have the same length')
@@ -226,39 +162,27 @@ class EfficientVMamba(VSSMBackboneMixin, BaseModule):
         if not 0 <= evss_stages <= len(depths):
             raise ValueError(f'evss_stages={evss_stages} must be between 0 and {len(depths)}')
         self.dims, self.depths = dims, depths
-        self.num_stages = len(depths)
+        self.init_outputs(len(depths), out_indices, frozen_stages, norm_eval)
         if drop_path_rate is None:
             drop_path_rate = settings['drop_path_rate']
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
 
-        self.patch_embed = nn.Sequential(
-            nn.Conv2d(3, dims[0], 4, 4), Permute(0, 2, 3, 1), nn.LayerNorm(dims[0]))
+        self.stem = PatchifyStem(dims[0])
         # On the CPU even when the model is built on the meta device (to count parameters).
         rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
-        self.layers = nn.ModuleList()
+        self.stages = nn.ModuleList()
         for i, dim in enumerate(dims):
             stage_rates = rates[sum(depths[:i]):sum(depths[:i + 1])]
-            downsample = PatchMerging2D(dim, dims[i + 1]) if i < self.num_stages - 1 \
-                else nn.Identity()
             if i < evss_stages:
-                blocks = nn.Sequential(*[
-                    EVSSBlock(dim, settings['ssm_ratio'], settings['d_state'],
-                              settings['attn_ratio'], rate, with_cp) for rate in stage_rates])
-                self.layers.append(EVSSStage(blocks, downsample))
+                blocks = [EVSSBlock(dim, settings['ssm_ratio'], settings['d_state'],
+                                    settings['attn_ratio'], rate) for rate in stage_rates]
             else:
                 blocks = [InvertedResidual(dim, settings['expand_ratio'], settings['se_ratio'],
-                                           rate, with_cp) for rate in stage_rates]
-                self.layers.append(InResStage(blocks, downsample))
-
-        for i in self.out_indices:
-            self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i]))
+                                           rate) for rate in stage_rates]
+            downsample = PatchMerging(dim, dims[i + 1]) if i < self.num_stages - 1 else None
+            self.stages.append(Stage(blocks, downsample, with_cp))
+        self.build_out_norms(nn.LayerNorm, dims)
         self._freeze_stages()
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)
-        return self.forward_stages(self.patch_embed(x), 'body')
-
-    def stem_and_stages(self):
-        return self.patch_embed, list(self.layers)
+        return self.forward_stages(self.stem(x))

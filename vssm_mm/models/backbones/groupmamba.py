@@ -1,7 +1,7 @@
 """GroupMamba: a visual state-space backbone built from Modulated Group Mamba layers.
 
 Each layer splits the (LayerNorm-ed) channels into four contiguous groups. Each group gets its
-own small single-direction VSSS block (``mamba_g1..4``), and group k scans the map in one
+own projections around a single-direction scan, and group k scans the map in one
 cross2d direction (row-major, column-major, and both reversed). The four outputs gate the
 normalised input multiplicatively (``skip_scale``). A squeeze-excitation "channel affinity"
 vector computed from the layer input then modulates the result, and the layer's LayerNorm is
@@ -9,29 +9,28 @@ applied once more before the output projection.
 
 The macro design: a three-conv stem (stride 4), stride-2 conv downsamples, four stages of
 (layer, depth-wise-conv FFN) blocks, and for classification a class token (the mean of the
-last stage's tokens) refined by one more GroupMamba block on a 1x1 "image", then ``norm4``.
+last stage's tokens) refined by one more GroupMamba block on a 1x1 "image", then ``class_norm``.
 
-Module names follow the official checkpoints (``patch_embed{i}``, ``block{i}``, ``norm{i}``,
-``post_network``), so converting a released classifier only moves the two linear heads.
+The module tree is ``stem``, ``stages.{i}.{blocks,downsample}``, ``class_block`` /
+``class_norm`` (classification) or ``out_norms`` (dense); the official layout (``patch_embed{i}``,
+``block{i}``, ``norm{i}``, ``post_network``, ``mamba_g{k}``) is mapped onto it by
+``vssm_mm/checkpoint/families/groupmamba.py``.
 """
 import math
-from typing import Dict, List, Optional, Sequence, Tuple, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import nn
 
 from vssm_mm.ops.scan_orders import group_merge, group_scan
 from vssm_mm.registry import MODELS
 
-from ..layers import DropPath
-from ..layers.ssm import init_ssm_params, scan_directions
+from ..layers import DropPath, SelectiveSSM, Stage
 from .base import VSSMBackboneMixin
 
 Size = Tuple[int, int]
-SSM_PARAMS = ('x_proj_weight', 'dt_projs_weight', 'dt_projs_bias', 'A_logs', 'Ds')
 NUM_GROUPS = 4
 
 
@@ -40,32 +39,30 @@ def _tokens_to_map(x: torch.Tensor, size: Size) -> torch.Tensor:
     return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], *size)
 
 
-class GroupSSM(nn.Module):
-    """The single-direction VSSS block of one channel group (official ``SS2D`` with K=1).
+class GroupProjection(nn.Module):
+    """The projections around the scan of one channel group (official ``SS2D`` with K=1).
 
     ``in_proj`` gives the scan input and a SiLU gate; the scan input goes through a
-    depth-wise 3x3 conv and SiLU. The selective scan itself is run by
-    :class:`ModulatedGroupMamba` for all four groups at once. Its output is normalised by
-    ``out_norm``, gated and projected back by ``out_proj``.
+    depth-wise 3x3 conv and SiLU. The SSM of all four groups is one
+    :class:`~vssm_mm.models.layers.SelectiveSSM` in :class:`ModulatedGroupMamba`. The scan
+    output is normalised by ``out_norm``, gated and projected back by ``out_proj``.
     """
 
-    def __init__(self, dim: int, d_state: int = 1, d_conv: int = 3):
+    def __init__(self, dim: int, d_conv: int = 3):
         super().__init__()
         self.in_proj = nn.Linear(dim, 2 * dim, bias=False)
-        self.conv2d = nn.Conv2d(dim, dim, d_conv, padding=(d_conv - 1) // 2, groups=dim)
-        init_ssm_params(self, num_groups=1, d_inner=dim, d_state=d_state,
-                        dt_rank=math.ceil(dim / 16))
+        self.conv = nn.Conv2d(dim, dim, d_conv, padding=(d_conv - 1) // 2, groups=dim)
         self.out_norm = nn.LayerNorm(dim)
         self.out_proj = nn.Linear(dim, dim, bias=False)
 
     def project_in(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, H, W, d) -> (scan input map (B, d, H, W), gate (B, H, W, d))."""
         x, gate = self.in_proj(x).chunk(2, dim=-1)
-        x = F.silu(self.conv2d(x.permute(0, 3, 1, 2)))
+        x = F.silu(self.conv(x.permute(0, 3, 1, 2)))
         return x, F.silu(gate)
 
     def project_out(self, y: torch.Tensor, gate: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-        """Scan output (B, H, W, d), fp32 -> (B, H, W, d) in ``dtype`` (the scan input's)."""
+        """Scan output (B, H, W, d), fp32 / fp64 -> (B, H, W, d) in ``dtype``."""
         return self.out_proj(self.out_norm(y).to(dtype) * gate)
 
 
@@ -85,14 +82,11 @@ class ModulatedGroupMamba(nn.Module):
         self.fc1 = nn.Linear(dim, dim // reduction)
         self.fc2 = nn.Linear(dim // reduction, dim)
         self.norm = nn.LayerNorm(dim)
-        for k in range(NUM_GROUPS):
-            self.add_module(f'mamba_g{k + 1}', GroupSSM(dim // NUM_GROUPS, d_state))
+        width = dim // NUM_GROUPS
+        self.groups = nn.ModuleList(GroupProjection(width) for _ in range(NUM_GROUPS))
+        self.ssm = SelectiveSSM(NUM_GROUPS, width, d_state, math.ceil(width / 16))
         self.proj = nn.Linear(dim, dim)
         self.skip_scale = nn.Parameter(torch.ones(1))
-
-    @property
-    def groups(self) -> List[GroupSSM]:
-        return [getattr(self, f'mamba_g{k + 1}') for k in range(NUM_GROUPS)]
 
     def forward(self, x: torch.Tensor, size: Size) -> torch.Tensor:
         if x.dtype == torch.float16:  # as the official layer: fp16 tokens are up-cast
@@ -103,10 +97,8 @@ class ModulatedGroupMamba(nn.Module):
         x = x.reshape(batch, *size, channels)
         groups = self.groups
         maps, gates = zip(*(g.project_in(part) for g, part in zip(groups, x.chunk(NUM_GROUPS, -1))))
-        # One selective scan for the four groups: group k is scanned in direction k and uses
-        # its own parameters, stacked in the K dimension the scan expects.
-        params = [torch.cat([getattr(g, name) for g in groups]) for name in SSM_PARAMS]
-        ys = scan_directions(group_scan(torch.cat(maps, dim=1)), *params)
+        # One selective scan for the four groups: group k is scanned in direction k.
+        ys = self.ssm(group_scan(torch.cat(maps, dim=1)))
         ys = group_merge(ys, size).permute(0, 2, 3, 1).chunk(NUM_GROUPS, dim=-1)
         y = torch.cat([g.project_out(part, gate, maps[0].dtype)
                        for g, part, gate in zip(groups, ys, gates)], dim=-1)
@@ -145,22 +137,16 @@ class FFN(nn.Module):
 class GroupMambaBlock(nn.Module):
     """``x + DropPath(layer(x))`` (the layer normalises itself) then the FFN residual."""
 
-    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0, with_cp: bool = False):
+    def __init__(self, dim: int, mlp_ratio: float, drop_path: float = 0.0):
         super().__init__()
-        self.with_cp = with_cp
-        self.attn = ModulatedGroupMamba(dim)
+        self.mixer = ModulatedGroupMamba(dim)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
         self.mlp = FFN(dim, int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path)
 
-    def _forward(self, x: torch.Tensor, size: Size) -> torch.Tensor:
-        x = x + self.drop_path(self.attn(x, size))
-        return x + self.drop_path(self.mlp(self.norm2(x), size))
-
     def forward(self, x: torch.Tensor, size: Size) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, size, use_reentrant=False)
-        return self._forward(x, size)
+        x = x + self.drop_path(self.mixer(x, size))
+        return x + self.drop_path(self.mlp(self.norm2(x), size))
 
 
 class ClassBlock(nn.Module):
@@ -170,12 +156,12 @@ class ClassBlock(nn.Module):
         super().__init__()
         self.norm1 = nn.LayerNorm(dim, eps=1e-6)
         self.norm2 = nn.LayerNorm(dim, eps=1e-6)
-        self.attn = ModulatedGroupMamba(dim)
+        self.mixer = ModulatedGroupMamba(dim)
         self.mlp = FFN(dim, int(dim * mlp_ratio), dwconv=False)
 
     def forward(self, cls_token: torch.Tensor) -> torch.Tensor:
         # The layer sees the token as a 1x1 map (sequence length 1).
-        cls_token = cls_token + self.norm1(self.attn(cls_token, (1, 1)))
+        cls_token = cls_token + self.norm1(self.mixer(cls_token, (1, 1)))
         return cls_token + self.mlp(self.norm2(cls_token))
 
 
@@ -199,16 +185,17 @@ class Stem(nn.Module):
         return self.norm(x.flatten(2).transpose(1, 2)), tuple(x.shape[2:])
 
 
-class DownSample(nn.Module):
-    """3x3 stride-2 conv (H -> ceil(H/2)) then LayerNorm on the tokens."""
+class TokenDownsample(nn.Module):
+    """LayerNorm on the stage's tokens, 3x3 stride-2 conv (H -> ceil(H/2)), LayerNorm."""
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__()
+        self.norm_in = nn.LayerNorm(in_channels, eps=1e-6)
         self.proj = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
         self.norm = nn.LayerNorm(out_channels)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Size]:
-        x = self.proj(x)
+    def forward(self, x: torch.Tensor, size: Size) -> Tuple[torch.Tensor, Size]:
+        x = self.proj(_tokens_to_map(self.norm_in(x), size))
         return self.norm(x.flatten(2).transpose(1, 2)), tuple(x.shape[2:])
 
 
@@ -221,14 +208,14 @@ class GroupMamba(VSSMBackboneMixin, BaseModule):
             or a dict with the keys ``stem_hidden_dim, embed_dims, depths, mlp_ratios``
             (optionally ``drop_path_rate``). Widths must be divisible by 4.
         out_indices (Sequence[int] | int): Stages whose outputs are returned (NCHW, each
-            through its own ``outnorm{i}``) when ``out_type='featmap'``.
+            through its own output norm) when ``out_type='featmap'``.
         out_type (str): ``'featmap'`` (dense tasks) or ``'cls_token'``: the classification
             feature of the official model, i.e. the mean of the last stage's tokens refined
-            by the class block (``post_network``) and ``norm4``, returned as ``((B, C4),)``.
+            by the class block and its norm, returned as ``((B, C4),)``.
             ``'cls_token'`` needs ``out_indices=(3,)``.
         frozen_stages (int): Freeze the stem and the first ``frozen_stages`` stages (a stage
             is its blocks, its norm and the next downsample; the last one also holds the class
-            block and ``norm4``); -1 freezes nothing.
+            block and its norm); -1 freezes nothing.
         norm_eval (bool): Keep the stem's BatchNorm layers in eval mode while training.
         drop_path_rate (float, optional): Stochastic depth; defaults to the arch's value (0.05,
             what the official training script uses for every variant).
@@ -248,20 +235,14 @@ class GroupMamba(VSSMBackboneMixin, BaseModule):
     arch_aliases = {'t': 'tiny', 's': 'small', 'b': 'base'}
     out_types = ('featmap', 'cls_token')
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'tiny',
-                 out_indices: Union[Sequence[int], int] = (3, ),
-                 out_type: str = 'featmap',
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False,
+    def __init__(self, arch: Union[str, dict] = 'tiny',
+                 out_indices: Union[Sequence[int], int] = (3, ), out_type: str = 'featmap',
+                 frozen_stages: int = -1, norm_eval: bool = False,
+                 drop_path_rate: Optional[float] = None, with_cp: bool = False,
                  init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = self.parse_arch(
+        settings = self.init_arch(
             arch, required=('stem_hidden_dim', 'embed_dims', 'depths', 'mlp_ratios'))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
         dims, depths = tuple(settings['embed_dims']), tuple(settings['depths'])
         mlp_ratios = tuple(settings['mlp_ratios'])
         if not len(dims) == len(depths) == len(mlp_ratios) == 4:
@@ -273,54 +254,46 @@ class GroupMamba(VSSMBackboneMixin, BaseModule):
                              f'16 (the channel-affinity bottleneck is C // 16), got {bad}')
         if out_type not in self.out_types:
             raise ValueError(f'out_type must be one of {self.out_types}, got {out_type!r}')
-        self.dims, self.depths, self.num_stages = dims, depths, len(depths)
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
+        self.dims, self.depths = dims, depths
+        self.init_outputs(len(depths), out_indices, frozen_stages, norm_eval)
         if out_type == 'cls_token' and self.out_indices != (self.num_stages - 1, ):
             raise ValueError("out_type='cls_token' is the classification feature after the last "
                              f'stage: use out_indices=(3,), got {out_indices}')
         self.out_type = out_type
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
         if drop_path_rate is None:
             drop_path_rate = settings.get('drop_path_rate', 0.0)
 
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            embed = Stem(settings['stem_hidden_dim'], dim) if i == 0 else \
-                DownSample(dims[i - 1], dim)
-            setattr(self, f'patch_embed{i + 1}', embed)
-            setattr(self, f'block{i + 1}', nn.ModuleList([
-                GroupMambaBlock(dim, mlp_ratios[i], rates[sum(depths[:i]) + j], with_cp)
-                for j in range(depth)
-            ]))
-            if i < self.num_stages - 1:  # the last stage's tokens are not normalised
-                setattr(self, f'norm{i + 1}', nn.LayerNorm(dim, eps=1e-6))
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        self.stem = Stem(settings['stem_hidden_dim'], dims[0])
+        # The last stage's tokens are not normalised; the others' are, by the downsample.
+        self.stages = nn.ModuleList(
+            Stage([GroupMambaBlock(dim, mlp_ratios[i], rates[sum(depths[:i]) + j])
+                   for j in range(depth)],
+                  TokenDownsample(dim, dims[i + 1]) if i < self.num_stages - 1 else None,
+                  with_cp)
+            for i, (dim, depth) in enumerate(zip(dims, depths)))
         if out_type == 'cls_token':
-            self.post_network = nn.ModuleList([ClassBlock(dims[-1], mlp_ratios[-1])])
-            self.norm4 = nn.LayerNorm(dims[-1], eps=1e-6)
+            self.class_block = ClassBlock(dims[-1], mlp_ratios[-1])
+            self.class_norm = nn.LayerNorm(dims[-1], eps=1e-6)
         else:
-            for i in self.out_indices:
-                self.add_module(f'outnorm{i}', nn.LayerNorm(dims[i], eps=1e-6))
+            self.build_out_norms(nn.LayerNorm, dims, eps=1e-6)
         self._freeze_stages()
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, ...]:
         self.check_input(x, min_size=1)  # ceil-halving convs: any size works
         outs = []
         last = max(self.out_indices)
-        for i in range(self.num_stages):
-            x, size = getattr(self, f'patch_embed{i + 1}')(x)
-            for block in getattr(self, f'block{i + 1}'):
-                x = block(x, size)
+        x, size = self.stem(x)
+        for i, stage in enumerate(self.stages):
+            x = stage.forward_blocks(x, size)
             if self.out_type == 'featmap' and i in self.out_indices:
-                outs.append(_tokens_to_map(getattr(self, f'outnorm{i}')(x), size).contiguous())
+                outs.append(_tokens_to_map(self.out_norms[str(i)](x), size).contiguous())
             if i == last:
                 break
-            x = _tokens_to_map(getattr(self, f'norm{i + 1}')(x), size)
+            x, size = stage.downsample(x, size)
         if self.out_type == 'cls_token':
-            cls_token = x.mean(dim=1, keepdim=True)
-            for block in self.post_network:
-                cls_token = block(cls_token)
-            return (self.norm4(cls_token[:, 0]), )
+            cls_token = self.class_block(x.mean(dim=1, keepdim=True))
+            return (self.class_norm(cls_token[:, 0]), )
         return tuple(outs)
 
     def init_extra(self, module):
@@ -334,12 +307,7 @@ class GroupMamba(VSSMBackboneMixin, BaseModule):
             nn.init.ones_(module.skip_scale)
 
     def stem_and_stages(self):
-        stages = []
-        for i in range(self.num_stages):
-            parts = [getattr(self, f'block{i + 1}')]
-            if i < self.num_stages - 1:
-                parts += [getattr(self, f'norm{i + 1}'), getattr(self, f'patch_embed{i + 2}')]
-            elif self.out_type == 'cls_token':
-                parts += [self.post_network, self.norm4]
-            stages.append(nn.ModuleList(parts))
-        return self.patch_embed1, stages
+        stages = list(self.stages)
+        if self.out_type == 'cls_token':  # the class block belongs to the last stage
+            stages[-1] = nn.ModuleList([stages[-1], self.class_block, self.class_norm])
+        return self.stem, stages

@@ -1,200 +1,191 @@
 """MSVMamba (Multi-Scale VMamba): hierarchy-in-hierarchy visual state-space backbone.
 
-Two generations of the official code exist and their checkpoints are not interchangeable:
+Two generations exist; their checkpoints are not interchangeable (the key map in
+``vssm_mm/checkpoint/families/msvmamba.py`` reads both):
 
-* ``v1`` (arXiv paper; variants ``nano``, ``micro``, ``tiny``): channels-last, LayerNorm,
-  4x4 patchify stem, patch-merging downsample, ``d_inner = 2C`` with a SiLU gate, out-norm per
-  branch before merging, bilinear upsampling of the low-resolution branch, pre-norm ConvFFN.
-* ``v2`` (NeurIPS version; ``v2_tiny``, ``v2_small``, ``v2_base``): channels-first, LayerNorm2d,
-  two-conv stem, 3x3 stride-2 conv downsample, ``d_inner = C`` (gate only in ``v2_base``), one
-  out-norm after merging, nearest upsampling, post-norm ConvFFN.
+* ``v1`` (arXiv paper; ``nano``, ``micro``, ``tiny``) -- :class:`MSVMambaV1Block`:
+  channels-last, LayerNorm, patchify stem, patch-merging downsample, ``d_inner = 2C`` with a
+  SiLU gate, out-norm per branch before merging, bilinear upsampling, pre-norm ConvFFN.
+* ``v2`` (NeurIPS version; ``v2_tiny``, ``v2_small``, ``v2_base``) -- :class:`MSVMambaV2Block`:
+  channels-first, LayerNorm2d, two-conv stem, stride-2 conv downsample, ``d_inner = C`` (gate
+  only in ``v2_base``), one out-norm after merging, nearest upsampling, post-norm ConvFFN.
 
-The MS2D mixer of both: a full-resolution branch (depthwise 3x3) scanned in one direction and
-a half-resolution branch (depthwise 7x7, stride 2) whose three other directions are joined into
-one sequence scanned by one SSM (the state carries across the three segments).
+Both share :class:`MultiScaleSSM`: a full-resolution branch (depthwise 3x3) scanned in one
+direction and a half-resolution branch (depthwise 7x7, stride 2) whose three other directions
+are joined into one sequence (the state carries across the three segments).
 """
 import math
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
-import torch.utils.checkpoint as cp
 from mmengine.model import BaseModule
 from torch import nn
 
 from vssm_mm.ops.scan_orders import multiscale_merge, multiscale_scan
 from vssm_mm.registry import MODELS
 
-from ..layers import DropPath, LayerNorm2d, Linear2d, Permute
-from ..layers.ssm import init_ssm_params, scan_directions
+from ..layers import (ConvDownsample, DropPath, LayerNorm2d, Linear2d, PatchifyStem, PatchMerging,
+                      SelectiveSSM, SqueezeExcite, Stage)
 from .base import VSSMBackboneMixin
 
 
-class SqueezeExcite(nn.Module):
-    """Channel attention on the SSM output (keys ``fc.0``, ``fc.2``), channels-last or -first."""
+class MultiScaleSSM(nn.Module):
+    """Depthwise convs of the two branches, the multi-scale scan and one :class:`SelectiveSSM`.
 
-    def __init__(self, channels: int, reduction: int = 8, channels_first: bool = False):
+    Direction 0 of ``ssm`` is the full-resolution sequence, direction 1 the low-resolution one.
+    Both are right-padded to a common length and scanned in one call (the scan is causal, so
+    the padding changes nothing before it).
+
+    Args:
+        channels (int): ``d_inner``.
+        d_state (int): SSM state size.
+        dt_rank (int): Rank of the delta projection.
+    """
+
+    def __init__(self, channels: int, d_state: int, dt_rank: int):
         super().__init__()
-        self.channels_first = channels_first
-        self.fc = nn.Sequential(
-            nn.Linear(channels, channels // reduction, bias=False), nn.ReLU(inplace=True),
-            nn.Linear(channels // reduction, channels, bias=False), nn.Sigmoid())
+        self.conv_full = nn.Conv2d(channels, channels, 3, padding=1, groups=channels)
+        self.conv_low = nn.Conv2d(channels, channels, 7, stride=2, padding=3, groups=channels)
+        self.ssm = SelectiveSSM(2, channels, d_state, dt_rank)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_first:
-            scale = self.fc(x.mean(dim=(2, 3)))
-            return x * scale[:, :, None, None]
-        scale = self.fc(x.mean(dim=(1, 2)))
-        return x * scale[:, None, None, :]
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, tuple]:
+        """``(B, d, H, W)`` -> (full-res output ``(B, d, H*W)``, low-res output, low size)."""
+        x_low = F.silu(self.conv_low(x))
+        seq_full, seq_low = multiscale_scan(F.silu(self.conv_full(x)), x_low)
+        length = max(seq_full.shape[-1], seq_low.shape[-1])
+        seqs = torch.stack([F.pad(seq_full, (0, length - seq_full.shape[-1])),
+                            F.pad(seq_low, (0, length - seq_low.shape[-1]))], dim=1)
+        ys = self.ssm(seqs)
+        return ys[:, 0, :, :seq_full.shape[-1]], ys[:, 1, :, :seq_low.shape[-1]], x_low.shape[2:]
+
+
+def _ssm_args(dim: int, ssm_ratio: float, d_state: int):
+    return int(ssm_ratio * dim), d_state, math.ceil(dim / 16)
 
 
 class ConvFFN(nn.Module):
     """1x1 conv -> (+ depthwise 3x3 residual) -> GELU -> 1x1 conv, on NCHW maps."""
 
-    def __init__(self, channels: int, expansion: int, drop: float = 0.0):
+    def __init__(self, channels: int, expansion: int):
         super().__init__()
         hidden = channels * expansion
-        self.linear1 = nn.Conv2d(channels, hidden, 1)
-        self.dwc = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
-        self.linear2 = nn.Conv2d(hidden, channels, 1)
-        self.drop = nn.Dropout(drop)
-        self.act = nn.GELU()
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.dwconv = nn.Conv2d(hidden, hidden, 3, padding=1, groups=hidden)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.drop(self.linear1(x))
-        x = self.act(x + self.dwc(x))
-        return self.drop(self.linear2(x))
+        x = self.fc1(x)
+        return self.fc2(F.gelu(x + self.dwconv(x)))
 
 
-class MS2D(nn.Module):
-    """Multi-scale 2D selective-scan mixer.
+class MSVMambaV1Mixer(nn.Module):
+    """v1 multi-scale mixer on channels-last maps (gated, out-norm per branch, bilinear)."""
 
-    Args:
-        dim (int): Block width ``C``.
-        generation (str): ``'v1'`` (channels-last) or ``'v2'`` (channels-first).
-        ssm_ratio (float): ``d_inner / C``.
-        d_state (int): SSM state size ``N``.
-        gate (bool): Multiply by ``SiLU(z)`` from a second half of ``in_proj``.
-        add_se (bool): Squeeze-excitation on the SSM output.
-    """
-
-    def __init__(self, dim: int, generation: str = 'v1', ssm_ratio: float = 2.0,
-                 d_state: int = 1, gate: bool = True, add_se: bool = True):
+    def __init__(self, dim: int, ssm_ratio: float, d_state: int):
         super().__init__()
-        self.generation = generation
-        self.channels_first = generation == 'v2'
-        self.gate = gate
-        d_inner = int(ssm_ratio * dim)
-        self.d_inner = d_inner
-        dt_rank = math.ceil(dim / 16)
-        linear = Linear2d if self.channels_first else nn.Linear
-        self.in_proj = linear(dim, d_inner * (2 if gate else 1), bias=False)
-        self.conv2d = nn.Conv2d(d_inner, d_inner, 3, padding=1, groups=d_inner)
-        self.conv2d_b1 = nn.Conv2d(d_inner, d_inner, 7, stride=2, padding=3, groups=d_inner)
-        # Parameter group of each branch: v1 stores the low-res branch first, v2 the full-res.
-        self.group_full, self.group_low = (0, 1) if self.channels_first else (1, 0)
-        init_ssm_params(self, num_groups=2, d_inner=d_inner, d_state=d_state, dt_rank=dt_rank)
-        self.out_norm = (LayerNorm2d if self.channels_first else nn.LayerNorm)(d_inner)
-        self.se = SqueezeExcite(d_inner, 8, self.channels_first) if add_se else nn.Identity()
-        self.out_proj = linear(d_inner, dim, bias=False)
+        d_inner, d_state, dt_rank = _ssm_args(dim, ssm_ratio, d_state)
+        self.in_proj = nn.Linear(dim, 2 * d_inner, bias=False)
+        self.scan = MultiScaleSSM(d_inner, d_state, dt_rank)
+        self.out_norm = nn.LayerNorm(d_inner)
+        self.channel_attn = SqueezeExcite(d_inner, d_inner // 8, bias=False)
+        self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
-    def _group(self, k: int):
-        d = self.d_inner
-        return (self.x_proj_weight[k:k + 1], self.dt_projs_weight[k:k + 1],
-                self.dt_projs_bias[k:k + 1], self.A_logs[k * d:(k + 1) * d],
-                self.Ds[k * d:(k + 1) * d])
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x, z = self.in_proj(x).chunk(2, dim=-1)
+        size = x.shape[1:3]
+        y_full, y_low, low_size = self.scan(x.permute(0, 3, 1, 2))
+        y_full = self.out_norm(y_full.transpose(1, 2)).transpose(1, 2)
+        y_low = self.out_norm(y_low.transpose(1, 2)).transpose(1, 2)
+        map_full, map_low = multiscale_merge(y_full, y_low, tuple(size), tuple(low_size))
+        y = map_full + F.interpolate(map_low, size=tuple(size), mode='bilinear',
+                                     align_corners=False)
+        y = self.channel_attn(y.to(x.dtype)).permute(0, 2, 3, 1)
+        return self.out_proj(y * F.silu(z))
+
+
+class MSVMambaV2Mixer(nn.Module):
+    """v2 multi-scale mixer on NCHW maps (optional gate, one out-norm after merging, nearest)."""
+
+    def __init__(self, dim: int, ssm_ratio: float, d_state: int, gate: bool):
+        super().__init__()
+        d_inner, d_state, dt_rank = _ssm_args(dim, ssm_ratio, d_state)
+        self.gate = gate
+        self.in_proj = Linear2d(dim, d_inner * (2 if gate else 1), bias=False)
+        self.scan = MultiScaleSSM(d_inner, d_state, dt_rank)
+        self.out_norm = LayerNorm2d(d_inner)
+        self.channel_attn = SqueezeExcite(d_inner, d_inner // 8, bias=False)
+        self.out_proj = Linear2d(d_inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.in_proj(x)
-        channel_dim = 1 if self.channels_first else -1
         if self.gate:
-            x, z = x.chunk(2, dim=channel_dim)
-            z = F.silu(z)
-        if not self.channels_first:
-            x = x.permute(0, 3, 1, 2)
-        height, width = x.shape[2:]
-        x_full = F.silu(self.conv2d(x))
-        x_low = F.silu(self.conv2d_b1(x))
-        low_size = tuple(x_low.shape[2:])
-        seq_full, seq_low = multiscale_scan(x_full, x_low)
-        # v1 runs the scan in fp32 (its autograd Function casts); v2 keeps the AMP dtype
-        # and asks for an fp32 output.
-        force_fp32 = not self.channels_first
-        y_full = scan_directions(seq_full[:, None], *self._group(self.group_full),
-                                 force_fp32=force_fp32)[:, 0]
-        y_low = scan_directions(seq_low[:, None], *self._group(self.group_low),
-                                force_fp32=force_fp32)[:, 0]
-        if not self.channels_first:
-            # v1 normalises each branch's sequence before merging.
-            y_full = self.out_norm(y_full.transpose(1, 2)).transpose(1, 2)
-            y_low = self.out_norm(y_low.transpose(1, 2)).transpose(1, 2)
-        map_full, map_low = multiscale_merge(y_full, y_low, (height, width), low_size)
-        if self.channels_first:
-            y = map_full + F.interpolate(map_low, size=(height, width), mode='nearest')
-            y = self.out_norm(y)
-        else:
-            y = map_full + F.interpolate(map_low, size=(height, width), mode='bilinear',
-                                         align_corners=False)
-            y = y.permute(0, 2, 3, 1)
-        y = self.se(y.to(x.dtype))
-        if self.gate:
-            y = y * z
-        return self.out_proj(y)
+            x, z = x.chunk(2, dim=1)
+        size = tuple(x.shape[2:])
+        y_full, y_low, low_size = self.scan(x)
+        map_full, map_low = multiscale_merge(y_full, y_low, size, tuple(low_size))
+        y = self.out_norm(map_full + F.interpolate(map_low, size=size, mode='nearest'))
+        y = self.channel_attn(y.to(x.dtype))
+        return self.out_proj(y * F.silu(z) if self.gate else y)
 
 
-class MSVSSBlock(nn.Module):
-    """Residual block: ``x + DropPath(MS2D(norm(x)))`` then the ConvFFN residual."""
+class MSVMambaV1Block(nn.Module):
+    """Channels-last: ``x + DropPath(mixer(norm1 x))``, then ``x + DropPath(ffn(norm2 x))``."""
 
-    def __init__(self, dim: int, generation: str, ssm_ratio: float, d_state: int, gate: bool,
-                 ffn_ratio: int, drop_path: float = 0.0, with_cp: bool = False):
+    def __init__(self, dim: int, ssm_ratio: float, d_state: int, ffn_ratio: int,
+                 drop_path: float = 0.0, gate: bool = True):
         super().__init__()
-        self.generation = generation
-        self.with_cp = with_cp
-        norm = LayerNorm2d if generation == 'v2' else nn.LayerNorm
-        self.norm = norm(dim)
-        self.op = MS2D(dim, generation, ssm_ratio, d_state, gate)
+        if not gate:
+            raise ValueError('MSVMamba v1 blocks are always gated; gate=False needs v2')
+        self.norm1 = nn.LayerNorm(dim)
+        self.mixer = MSVMambaV1Mixer(dim, ssm_ratio, d_state)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ffn = ConvFFN(dim, ffn_ratio)
         self.drop_path = DropPath(drop_path)
-        self.convFFN = ConvFFN(dim, ffn_ratio)
-        self.norm2 = norm(dim)
 
-    def _forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop_path(self.op(self.norm(x)))
-        if self.generation == 'v2':
-            # v2 (channels-first) puts the ConvFFN's norm after it.
-            return x + self.drop_path(self.norm2(self.convFFN(x)))
-        ffn = self.convFFN(self.norm2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        ffn = self.ffn(self.norm2(x).permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
         return x + self.drop_path(ffn)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.with_cp and x.requires_grad:
-            return cp.checkpoint(self._forward, x, use_reentrant=False)
-        return self._forward(x)
 
+class MSVMambaV2Block(nn.Module):
+    """Channels-first: ``x + DropPath(mixer(norm1 x))``, then ``x + DropPath(norm2(ffn x))``."""
 
-class PatchMerging2D(nn.Module):
-    """2x2 neighbourhood -> LayerNorm(4C) -> Linear(4C, 2C), channels-last; pads odd sizes."""
-
-    def __init__(self, dim: int, out_dim: int):
+    def __init__(self, dim: int, ssm_ratio: float, d_state: int, ffn_ratio: int,
+                 drop_path: float = 0.0, gate: bool = False):
         super().__init__()
-        self.norm = nn.LayerNorm(4 * dim)
-        self.reduction = nn.Linear(4 * dim, out_dim, bias=False)
+        self.norm1 = LayerNorm2d(dim)
+        self.mixer = MSVMambaV2Mixer(dim, ssm_ratio, d_state, gate)
+        self.ffn = ConvFFN(dim, ffn_ratio)
+        self.norm2 = LayerNorm2d(dim)
+        self.drop_path = DropPath(drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[1:3]
-        if height % 2 or width % 2:
-            x = F.pad(x, (0, 0, 0, width % 2, 0, height % 2))
-        x = torch.cat([x[:, 0::2, 0::2], x[:, 1::2, 0::2], x[:, 0::2, 1::2], x[:, 1::2, 1::2]],
-                      dim=-1)
-        return self.reduction(self.norm(x))
+        x = x + self.drop_path(self.mixer(self.norm1(x)))
+        return x + self.drop_path(self.norm2(self.ffn(x)))
 
 
-class MSVMambaStage(nn.Module):
-    """``blocks`` then ``downsample`` (the input of the next stage), as in the checkpoints."""
+class ConvStem(nn.Module):
+    """v2 stem: two 3x3 stride-2 convs with LayerNorm2d (GELU between); NCHW, stride 4."""
 
-    def __init__(self, blocks: nn.Module, downsample: nn.Module):
+    def __init__(self, out_channels: int):
         super().__init__()
-        self.blocks = blocks
-        self.downsample = downsample
+        hidden = out_channels // 2
+        self.conv1 = nn.Conv2d(3, hidden, 3, 2, 1)
+        self.norm1 = LayerNorm2d(hidden)
+        self.conv2 = nn.Conv2d(hidden, out_channels, 3, 2, 1)
+        self.norm2 = LayerNorm2d(out_channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm2(self.conv2(F.gelu(self.norm1(self.conv1(x)))))
+
+
+GENERATIONS = {
+    # block, stem, downsample, out norm, channels-first
+    'v1': (MSVMambaV1Block, PatchifyStem, PatchMerging, nn.LayerNorm, False),
+    'v2': (MSVMambaV2Block, ConvStem, ConvDownsample, LayerNorm2d, True),
+}
 
 
 @MODELS.register_module()
@@ -234,68 +225,35 @@ class MSVMamba(VSSMBackboneMixin, BaseModule):
     arch_aliases = {'n': 'nano', 'm': 'micro', 't': 'tiny', 'v2_t': 'v2_tiny',
                     'v2_s': 'v2_small', 'v2_b': 'v2_base'}
 
-    def __init__(self,
-                 arch: Union[str, dict] = 'tiny',
-                 out_indices: Union[Sequence[int], int] = (3, ),
-                 frozen_stages: int = -1,
-                 norm_eval: bool = False,
-                 drop_path_rate: Optional[float] = None,
-                 with_cp: bool = False,
-                 init_cfg: Optional[Union[dict, list]] = None):
+    def __init__(self, arch: Union[str, dict] = 'tiny',
+                 out_indices: Union[Sequence[int], int] = (3, ), frozen_stages: int = -1,
+                 norm_eval: bool = False, drop_path_rate: Optional[float] = None,
+                 with_cp: bool = False, init_cfg: Optional[Union[dict, list]] = None):
         super().__init__(init_cfg=init_cfg)
-        settings = self.parse_arch(arch, required=('generation', 'dims', 'depths', 'd_state',
-                                                   'ssm_ratio', 'gate', 'ffn_ratio'))
-        self.arch_name = self.arch_aliases.get(arch.lower(), arch.lower()) \
-            if isinstance(arch, str) else 'custom'
+        settings = self.init_arch(arch, required=('generation', 'dims', 'depths', 'd_state',
+                                                  'ssm_ratio', 'gate', 'ffn_ratio'))
         generation = settings['generation']
-        if generation not in ('v1', 'v2'):
+        if generation not in GENERATIONS:
             raise ValueError(f"arch generation must be 'v1' or 'v2', got {generation!r}")
-        self.generation = generation
+        block, stem, downsample, norm, channels_first = GENERATIONS[generation]
+        self.generation, self.channels_first = generation, channels_first
         dims, depths = tuple(settings['dims']), tuple(settings['depths'])
         self.dims, self.depths = dims, depths
-        self.num_stages = len(depths)
+        self.init_outputs(len(depths), out_indices, frozen_stages, norm_eval)
         if drop_path_rate is None:
             drop_path_rate = settings.get('drop_path_rate', 0.0)
-        self.out_indices = self.parse_out_indices(out_indices, self.num_stages)
-        self.frozen_stages = frozen_stages
-        self.norm_eval = norm_eval
-        channels_first = generation == 'v2'
-        self.channels_first = channels_first
 
-        if channels_first:
-            half = dims[0] // 2
-            self.patch_embed = nn.Sequential(
-                nn.Conv2d(3, half, 3, 2, 1), nn.Identity(), LayerNorm2d(half), nn.Identity(),
-                nn.GELU(), nn.Conv2d(half, dims[0], 3, 2, 1), nn.Identity(), LayerNorm2d(dims[0]))
-        else:
-            self.patch_embed = nn.Sequential(
-                nn.Conv2d(3, dims[0], 4, 4), Permute(0, 2, 3, 1), nn.LayerNorm(dims[0]))
-
-        rates = torch.linspace(0, drop_path_rate, sum(depths)).tolist()
-        self.layers = nn.ModuleList()
-        for i, (dim, depth) in enumerate(zip(dims, depths)):
-            blocks = nn.Sequential(*[
-                MSVSSBlock(dim, generation, settings['ssm_ratio'], settings['d_state'],
-                           settings['gate'], settings['ffn_ratio'],
-                           rates[sum(depths[:i]) + j], with_cp) for j in range(depth)
-            ])
-            if i == self.num_stages - 1:
-                downsample = nn.Identity()
-            elif channels_first:
-                downsample = nn.Sequential(nn.Identity(), nn.Conv2d(dim, dims[i + 1], 3, 2, 1),
-                                           nn.Identity(), LayerNorm2d(dims[i + 1]))
-            else:
-                downsample = PatchMerging2D(dim, dims[i + 1])
-            self.layers.append(MSVMambaStage(blocks, downsample))
-
-        norm = LayerNorm2d if channels_first else nn.LayerNorm
-        for i in self.out_indices:
-            self.add_module(f'outnorm{i}', norm(dims[i]))
+        self.stem = stem(dims[0])
+        rates = torch.linspace(0, drop_path_rate, sum(depths), device='cpu').tolist()
+        self.stages = nn.ModuleList(
+            Stage([block(dim, settings['ssm_ratio'], settings['d_state'], settings['ffn_ratio'],
+                         rates[sum(depths[:i]) + j], gate=settings['gate'])
+                   for j in range(depth)],
+                  downsample(dim, dims[i + 1]) if i < self.num_stages - 1 else None, with_cp)
+            for i, (dim, depth) in enumerate(zip(dims, depths)))
+        self.build_out_norms(norm, dims)
         self._freeze_stages()
 
     def forward(self, x: torch.Tensor):
         self.check_input(x, min_size=32 if self.channels_first else 16)
-        return self.forward_stages(self.patch_embed(x), 'blocks', self.channels_first)
-
-    def stem_and_stages(self):
-        return self.patch_embed, [stage for stage in self.layers]
+        return self.forward_stages(self.stem(x), channels_first=self.channels_first)

@@ -165,9 +165,10 @@ def load_teacher_weights(teacher: nn.Module, checkpoint: str) -> None:
     """
     from mmengine.runner.checkpoint import _load_checkpoint
 
-    from vssm_mm.checkpoint.convert import _strip, pick_weights
+    from vssm_mm.checkpoint.state_dict import pick_weights, strip_prefixes
     state_dict, _ = pick_weights(_load_checkpoint(checkpoint, map_location='cpu'))
-    result = teacher.load_state_dict({_strip(k): v for k, v in state_dict.items()}, strict=False)
+    state_dict = {strip_prefixes(k): v for k, v in state_dict.items()}
+    result = teacher.load_state_dict(state_dict, strict=False)
     if result.missing_keys or result.unexpected_keys:
         raise RuntimeError(
             f'teacher checkpoint {checkpoint} does not fit the teacher model: '

@@ -2,19 +2,21 @@
 
 * the searched scan directions of the released models (data) and
   :func:`resolve_directions`, which turns an arch's ``directions`` entry into per-layer lists;
-* :class:`BiAttn`, the channel attention ("SCAttn") applied to every direction's output;
-* :class:`DirectionMerge`, the sum over directions, or the supernet's softmax-weighted sum of
+* :class:`DirectionMerge`: the channel attention ("BiAttn") on every direction's output, then
+  the sum over directions, or the supernet's softmax-weighted sum of
   normalised outputs (the learnable ``weights`` that the direction search reads);
 * the 2D rotary embedding of LocalVim and bicubic resizing of per-token tables.
 """
 import math
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from vssm_mm.ops.scan_orders import LOCALMAMBA_DIRECTIONS
+
+from .attention import TokenChannelAttention
 
 Directions = List[Tuple[str, ...]]
 
@@ -141,61 +143,35 @@ def resolve_directions(directions: Union[str, Sequence[Sequence[str]]],
     return layers, False
 
 
-class BiAttn(nn.Module):
-    """Channel attention of the official code (its spatial branch is disabled there).
-
-    ``x * sigmoid(W2 GELU(W1 mean_L(LN(x))))`` on ``(B, L, C)``; the reduction width is
-    ``int(C * act_ratio)``.
-    """
-
-    def __init__(self, channels: int, act_ratio: float = 0.125):
-        super().__init__()
-        reduced = int(channels * act_ratio)
-        self.norm = nn.LayerNorm(channels)
-        self.global_reduce = nn.Linear(channels, reduced)
-        self.act_fn = nn.GELU()
-        self.channel_select = nn.Linear(reduced, channels)
-        self.gate_fn = nn.Sigmoid()
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        summary = self.norm(x).mean(1, keepdim=True)
-        gate = self.gate_fn(self.channel_select(self.act_fn(self.global_reduce(summary))))
-        return x * gate
-
-
 class DirectionMerge(nn.Module):
     """Combine K per-direction outputs ``(B, K, L, C)`` into ``(B, L, C)``.
 
-    Released models: ``attn`` on each direction, then a plain sum. Search supernet: ``attn``,
-    then a LayerNorm without affine parameters per direction, weighted by
+    Released models: ``channel_attn`` on each direction, then a plain sum. Search supernet:
+    ``channel_attn``, then a LayerNorm without affine parameters per direction, weighted by
     ``softmax(weights)`` (``weights`` has the official shape ``(K, 1, 1, 1)``).
 
     Args:
         num_directions: K.
         search: Learnable direction weights (the supernet).
-        attn_channels: Create the shared :class:`BiAttn` here (LocalVMamba keeps it in
-            ``multi_scan.attn``; LocalVim keeps it in the mixer and passes it to forward).
+        attn_channels: ``C``: one channel attention shared by the directions.
     """
 
-    def __init__(self, num_directions: int, search: bool = False,
-                 attn_channels: Optional[int] = None):
+    def __init__(self, num_directions: int, search: bool, attn_channels: int):
         super().__init__()
         self.search = search
         if search:
             self.weights = nn.Parameter(1e-3 * torch.randn(num_directions, 1, 1, 1))
-        if attn_channels is not None:
-            self.attn = BiAttn(attn_channels)
+        self.channel_attn = TokenChannelAttention(attn_channels)
 
     def direction_probs(self) -> torch.Tensor:
         """Softmax over the direction weights (supernet only)."""
         return self.weights.detach().view(-1).softmax(0)
 
-    def forward(self, xs: torch.Tensor, attn: Optional[nn.Module] = None) -> torch.Tensor:
-        attn = attn if attn is not None else getattr(self, 'attn', None)
+    def forward(self, xs: torch.Tensor) -> torch.Tensor:
         batch, k, length, channels = xs.shape
-        if attn is not None:
-            # One attention module shared by the directions, applied to each separately.
-            xs = attn(xs.reshape(batch * k, length, channels)).view(batch, k, length, channels)
+        # One attention module shared by the directions, applied to each separately.
+        xs = self.channel_attn(xs.reshape(batch * k, length, channels))
+        xs = xs.view(batch, k, length, channels)
         if not self.search:
             return xs.sum(1)
         xs = F.layer_norm(xs, (channels, ))

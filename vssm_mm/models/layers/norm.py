@@ -19,12 +19,16 @@ class Linear2d(nn.Linear):
         return F.conv2d(x, self.weight[:, :, None, None], self.bias)
 
 
-class Permute(nn.Module):
-    """``x.permute(*dims)`` as a module, for Sequentials that switch NCHW and NHWC."""
+class RMSNorm(nn.Module):
+    """``x * rsqrt(mean(x^2) + eps) * weight`` (Mamba's RMSNorm, weight only)."""
 
-    def __init__(self, *dims: int):
+    def __init__(self, dim: int, eps: float = 1e-5):
         super().__init__()
-        self.dims = dims
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x.permute(*self.dims)
+        # float32 statistics (float64 for float64 inputs), as the SSM's dtype policy.
+        xf = x.double() if x.dtype == torch.float64 else x.float()
+        out = xf * torch.rsqrt(xf.square().mean(-1, keepdim=True) + self.eps) * self.weight
+        return out.to(x.dtype)

@@ -1,13 +1,16 @@
-"""The selective-scan SSM shared by every family: parameters, their init, and the call.
+"""The selective-scan SSM that every family's mixer composes.
 
-A block with ``K`` scan directions (or ``K`` parameter groups) holds, VMamba style:
+:class:`SelectiveSSM` owns the parameters of ``K`` scan directions (or ``K`` channel groups),
+stacked along a leading ``K`` axis, and their one initialisation (Mamba's). It takes ``K``
+sequences that a scan order produced, ``(B, K, d, L)``, projects each token to
+``(delta, B, C)`` with its direction's weights and runs one :func:`selective_scan` over all
+``K * d`` channels. It knows nothing about images; putting the outputs back on the map is the
+scan order's job (its inverse).
 
-* ``x_proj_weight`` (K, R + 2N, d): per direction, token -> (dt_low, B, C);
-* ``dt_projs_weight`` (K, d, R) and ``dt_projs_bias`` (K, d): dt_low -> delta;
-* ``A_logs`` (K*d, N) with A = -exp(A_logs), and ``Ds`` (K*d,): the skip.
-
-:func:`scan_directions` takes ``K`` sequences of ``d`` channels, projects them and runs one
-selective scan with B/C shared by the ``d`` channels of each direction.
+Dtype policy: the scan computes in float32, except that float64 inputs stay float64. Under
+autocast (fp16 / bf16) the projections run in the autocast dtype, then ``u``, ``delta``,
+``B``, ``C`` and the gate are cast to float32 for the recurrence, and the output is float32;
+a float64 model (``model.double()``) runs the whole SSM in float64.
 """
 import math
 from typing import Optional
@@ -18,90 +21,104 @@ from torch import nn
 from vssm_mm.ops.selective_scan import selective_scan
 
 
-class SSMParams(nn.Module):
-    """Holds the SSM parameters of ``num_groups`` directions as plain ``nn.Parameter`` s.
-
-    The parameters are registered on the *parent* module (``register_on``) rather than here so
-    that their state-dict names match the official checkpoints (``op.A_logs`` etc.).
-    """
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype the SSM recurrence runs in for inputs of ``dtype`` (see the module policy)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
-def init_ssm_params(module: nn.Module, num_groups: int, d_inner: int, d_state: int, dt_rank: int,
-                    dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4,
-                    dt_scale: float = 1.0) -> None:
-    """Create and initialise the SSM parameters on ``module`` (Mamba's "v0" init).
+class SelectiveSSM(nn.Module):
+    """Stacked SSM parameters of ``K`` directions / groups and the scan over them.
 
-    Args:
-        module: The module that owns the parameters (names as in the official checkpoints).
-        num_groups: Number of directions / parameter groups ``K``.
-        d_inner: Channels per direction ``d``.
-        d_state: State size ``N``.
-        dt_rank: Rank ``R`` of the delta projection.
-    """
-    k, d, n, r = num_groups, d_inner, d_state, dt_rank
-    module.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d))
-    module.dt_projs_weight = nn.Parameter(torch.empty(k, d, r))
-    module.dt_projs_bias = nn.Parameter(torch.empty(k, d))
-    module.A_logs = nn.Parameter(torch.empty(k * d, n))
-    module.Ds = nn.Parameter(torch.empty(k * d))
-    module._ssm_init_args = dict(dt_min=dt_min, dt_max=dt_max, dt_init_floor=dt_init_floor,
-                                 dt_scale=dt_scale)
-    reset_ssm_params(module)
+    Parameters (``d`` channels per direction, state size ``N``, delta rank ``R``):
 
-
-@torch.no_grad()
-def reset_ssm_params(module: nn.Module) -> None:
-    """(Re-)initialise the SSM parameters created by :func:`init_ssm_params`."""
-    args = module._ssm_init_args
-    k, d, r = module.dt_projs_weight.shape
-    n = module.A_logs.shape[1]
-    # x_proj: nn.Linear's default (kaiming-uniform with a=sqrt(5)) = U(-1/sqrt(d), 1/sqrt(d)).
-    bound = 1.0 / math.sqrt(d)
-    module.x_proj_weight.uniform_(-bound, bound)
-    dt_std = r**-0.5 * args['dt_scale']
-    module.dt_projs_weight.uniform_(-dt_std, dt_std)
-    # delta bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max].
-    dt = torch.exp(torch.rand(k, d) * (math.log(args['dt_max']) - math.log(args['dt_min'])) +
-                   math.log(args['dt_min'])).clamp(min=args['dt_init_floor'])
-    module.dt_projs_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
-    module.A_logs.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(k * d, 1))
-    module.Ds.fill_(1.0)
-
-
-def scan_directions(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_projs_weight: torch.Tensor,
-                    dt_projs_bias: torch.Tensor, A_logs: torch.Tensor, Ds: torch.Tensor,
-                    z: Optional[torch.Tensor] = None, out_float32: bool = True,
-                    force_fp32: bool = True) -> torch.Tensor:
-    """Project ``K`` sequences and run one selective scan over them.
+    * ``x_proj_weight`` ``(K, R + 2N, d)``: token -> (delta_low, B, C);
+    * ``dt_proj_weight`` ``(K, d, R)`` and ``dt_proj_bias`` ``(K, d)``: delta_low -> delta;
+    * ``A_log`` ``(K * d, N)`` with ``A = -exp(A_log)``;
+    * ``D`` ``(K * d,)``: the skip connection.
 
     Args:
-        xs: ``(B, K, d, L)`` sequences, one per direction/group.
-        x_proj_weight: ``(K, R + 2N, d)``.
-        dt_projs_weight: ``(K, d, R)``.
-        dt_projs_bias: ``(K, d)`` (or ``(K*d,)``).
-        A_logs: ``(K*d, N)``.
-        Ds: ``(K*d,)``.
-        z: Optional ``(B, K*d, L)`` gate (``out * silu(z)``).
-        out_float32: Return fp32 (else the dtype of ``xs``).
-        force_fp32: Cast the scan inputs to fp32 first (what the fp32-scan families do
-            under AMP).
-
-    Returns:
-        ``(B, K, d, L)`` scan outputs.
+        num_directions (int): ``K``.
+        d_inner (int): Channels per direction ``d``.
+        d_state (int): State size ``N``.
+        dt_rank (int): Rank ``R`` of the delta projection.
+        dt_min, dt_max (float): Range of the initial step sizes (log-uniform).
+        dt_init_floor (float): Smallest initial step size.
     """
+
+    def __init__(self, num_directions: int, d_inner: int, d_state: int, dt_rank: int,
+                 dt_min: float = 0.001, dt_max: float = 0.1, dt_init_floor: float = 1e-4):
+        super().__init__()
+        k, d, n, r = num_directions, d_inner, d_state, dt_rank
+        self.num_directions, self.d_inner, self.d_state, self.dt_rank = k, d, n, r
+        self.dt_range = (dt_min, dt_max, dt_init_floor)
+        self.x_proj_weight = nn.Parameter(torch.empty(k, r + 2 * n, d))
+        self.dt_proj_weight = nn.Parameter(torch.empty(k, d, r))
+        self.dt_proj_bias = nn.Parameter(torch.empty(k, d))
+        self.A_log = nn.Parameter(torch.empty(k * d, n))
+        self.D = nn.Parameter(torch.empty(k * d))
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Mamba's initialisation (the "v0" init of VMamba's SS2D)."""
+        if self.A_log.is_meta:
+            return
+        dt_min, dt_max, floor = self.dt_range
+        # x_proj: nn.Linear's default init, U(-1/sqrt(d), 1/sqrt(d)).
+        bound = 1.0 / math.sqrt(self.d_inner)
+        self.x_proj_weight.uniform_(-bound, bound)
+        dt_std = self.dt_rank**-0.5
+        self.dt_proj_weight.uniform_(-dt_std, dt_std)
+        # delta bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max].
+        dt = torch.exp(torch.rand(self.num_directions, self.d_inner) *
+                       (math.log(dt_max) - math.log(dt_min)) + math.log(dt_min)).clamp(min=floor)
+        self.dt_proj_bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.reset_A_D()
+
+    @torch.no_grad()
+    def reset_A_D(self) -> None:
+        """``A = -(1, 2, ..., N)`` for every channel and ``D = 1`` (S4D-real)."""
+        n = self.d_state
+        self.A_log.copy_(torch.log(torch.arange(1, n + 1, dtype=torch.float32)).repeat(
+            self.A_log.shape[0], 1))
+        self.D.fill_(1.0)
+
+    def forward(self, xs: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Scan ``K`` sequences.
+
+        Args:
+            xs: ``(B, K, d, L)``, one sequence per direction / group, in scan order.
+            z: Optional ``(B, K * d, L)`` gate: the output is multiplied by ``silu(z)``.
+
+        Returns:
+            ``(B, K, d, L)`` in float32 (float64 for float64 inputs).
+        """
+        if tuple(xs.shape[1:3]) != (self.num_directions, self.d_inner):
+            raise ValueError(f'SelectiveSSM expects (B, {self.num_directions}, {self.d_inner}, L) '
+                             f'sequences, got {tuple(xs.shape)}')
+        return scan_sequences(xs, self.x_proj_weight, self.dt_proj_weight, self.dt_proj_bias,
+                              self.A_log, self.D, z)
+
+    def extra_repr(self) -> str:
+        return (f'num_directions={self.num_directions}, d_inner={self.d_inner}, '
+                f'd_state={self.d_state}, dt_rank={self.dt_rank}')
+
+
+def scan_sequences(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor,
+                   dt_proj_bias: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
+                   z: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """The computation of :meth:`SelectiveSSM.forward` on explicit parameters (same shapes)."""
     batch, k, d, length = xs.shape
-    n = A_logs.shape[1]
-    r = dt_projs_weight.shape[2]
+    n, r = A_log.shape[1], dt_proj_weight.shape[2]
     x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, x_proj_weight.to(xs.dtype))
     dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-    dts = torch.einsum('bkrl,kdr->bkdl', dts, dt_projs_weight.to(xs.dtype))
-    u = xs.reshape(batch, k * d, length)
-    delta = dts.reshape(batch, k * d, length)
-    if force_fp32:
-        u, delta, Bs, Cs = u.float(), delta.float(), Bs.float(), Cs.float()
-        z = z.float() if z is not None else None
-    A = -torch.exp(A_logs.float())
-    out = selective_scan(u, delta, A, Bs.contiguous(), Cs.contiguous(), D=Ds.float(), z=z,
-                         delta_bias=dt_projs_bias.reshape(-1).float(), delta_softplus=True,
-                         out_float32=out_float32)
+    dts = torch.einsum('bkrl,kdr->bkdl', dts, dt_proj_weight.to(xs.dtype))
+    dtype = compute_dtype(xs.dtype)
+    u = xs.reshape(batch, k * d, length).to(dtype)
+    delta = dts.reshape(batch, k * d, length).to(dtype)
+    z = z.to(dtype) if z is not None else None
+    out = selective_scan(u, delta, -torch.exp(A_log.to(dtype)), Bs.to(dtype).contiguous(),
+                         Cs.to(dtype).contiguous(), D=D.to(dtype), z=z,
+                         delta_bias=dt_proj_bias.reshape(-1).to(dtype), delta_softplus=True,
+                         out_float32=False)
     return out.view(batch, k, d, length)
