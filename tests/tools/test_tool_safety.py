@@ -87,6 +87,21 @@ def test_evaluating_a_checkpoint_of_another_architecture_fails(demo_data, tmp_pa
     assert 'accuracy/top1' in partial.stdout + partial.stderr
 
 
+def test_a_checkpoint_without_meta_is_named_by_the_architecture_it_fits(demo_data, tmp_path):
+    _require('mmpretrain')
+    import vssm_mm.models  # noqa: F401
+    from vssm_mm.registry import MODELS
+    micro = MODELS.get('MSVMamba')(arch='micro', out_indices=(3, ))
+    ckpt = tmp_path / 'micro.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in micro.state_dict().items()}},
+               ckpt)
+    result = run_tool(['tools/test.py', 'configs/demo/msvmamba_nano_cls_demo.py', str(ckpt),
+                       '--work-dir', str(tmp_path / 't')],
+                      env={'VSSM_DEMO_DATA': str(demo_data)}, check=False)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert 'fit --arch msvmamba-m' in result.stderr
+
+
 def test_load_from_must_fit_unless_partial(demo_data, tmp_path):
     _require('mmpretrain')
     env = {'VSSM_DEMO_DATA': str(demo_data)}
@@ -109,7 +124,7 @@ def test_pretrained_init_logs_one_summary_line(tmp_path):
     MSVMamba = MODELS.get('MSVMamba')
     source = MSVMamba(arch='nano', out_indices=(3, ))
     state = {f'backbone.{k}': v for k, v in source.state_dict().items()}
-    dropped = sorted(state)[0]
+    dropped = 'backbone.' + next(iter(source.state_dict()))  # listed first when missing
     state.pop(dropped)
     state['backbone.unused.weight'] = torch.zeros(1)
     ckpt = tmp_path / 'cls.pth'

@@ -70,10 +70,11 @@ def compare_weights(model: nn.Module, state: Dict[str, torch.Tensor]) -> KeyRepo
 
 
 def checkpoint_origin(checkpoint) -> Optional[str]:
-    """What the checkpoint says it was made for: converter meta or the saving run's config."""
+    """What the checkpoint was made for: converter meta, the saving run's config, or else the
+    architectures its backbone weights fit."""
     meta = checkpoint.get('meta') if isinstance(checkpoint, dict) else None
     if not isinstance(meta, dict):
-        return None
+        meta = {}
     if meta.get('arch'):
         return (f"it was converted with --arch {meta['arch']} ({meta.get('backbone')} "
                 f"arch={meta.get('backbone_arch')!r}, {meta.get('task', 'unknown')} task)")
@@ -87,6 +88,13 @@ def checkpoint_origin(checkpoint) -> Optional[str]:
         if kind:
             return (f'it was saved by a run of config {config or "?"} with backbone '
                     f"{kind.group(1)}" + (f" arch={arch.group(1)!r}" if arch else ''))
+    from .official import find_archs
+    try:
+        archs = find_archs(weights_of(checkpoint))
+    except Exception:  # telling is a courtesy; the mismatch is reported either way
+        archs = []
+    if archs:
+        return 'its backbone weights fit --arch ' + ' / '.join(archs)
     return None
 
 
