@@ -64,6 +64,9 @@ def _triton_interpreter_error():
             'it in the environment before the Python process starts')
 
 
+# Under torch.compile the answer is computed once while tracing and kept as a constant
+# (dynamo cannot trace importlib).
+@torch._dynamo.assume_constant_result
 def _cuda_extension_error():
     try:
         ext = importlib.import_module('vssm_mm._C')
@@ -76,6 +79,7 @@ def _cuda_extension_error():
     return None
 
 
+@torch._dynamo.assume_constant_result
 def _cpu_extension_error():
     try:
         importlib.import_module('vssm_mm._C_cpu')

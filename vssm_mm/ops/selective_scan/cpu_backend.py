@@ -11,7 +11,8 @@ for CPU tensors. The extension exposes (docs/selective_scan.md, "The cpu backend
   delta_softplus) -> [du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]``, None for absent inputs,
   each gradient in its input's dtype.
 
-float64 inputs (gradcheck) run on the reference backend instead, which this adapter calls.
+float64 inputs (gradcheck) and more than ``MAX_D_STATE`` states run on the reference backend
+instead, which this adapter calls.
 """
 import importlib
 
@@ -20,6 +21,7 @@ import torch
 from . import reference
 
 _ext = None
+MAX_D_STATE = 256  # kMaxDState in csrc/cpu/scan_cpu.h
 
 
 def extension():
@@ -30,9 +32,14 @@ def extension():
     return _ext
 
 
+def _on_reference(u, A):
+    """float64 (gradcheck) and very large N run on the reference backend."""
+    return u.dtype == torch.float64 or A.shape[1] > MAX_D_STATE
+
+
 def saved_state_spec(u, A, B):
     """(shape, dtype) of the one tensor :func:`forward` saves for backward."""
-    if u.dtype == torch.float64:
+    if _on_reference(u, A):
         return reference.saved_state_spec(u, A, B)
     batch, channels, length = u.shape
     chunk = extension().chunk_length()
@@ -41,7 +48,7 @@ def saved_state_spec(u, A, B):
 
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32):
     """Backend contract: see :mod:`.backends`."""
-    if u.dtype == torch.float64:
+    if _on_reference(u, A):
         return reference.forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus,
                                  out_float32)
     out, states = extension().selective_scan_fwd(u, delta, A, B, C, D, z, delta_bias,
@@ -52,7 +59,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32):
 def backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved,
              meta):
     """Backend contract: see :mod:`.backends`."""
-    if u.dtype == torch.float64:
+    if _on_reference(u, A):
         return reference.backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias,
                                   delta_softplus, saved, meta)
     (states, ) = saved
