@@ -137,8 +137,36 @@ VSSM_INLINE float hsum(V v) {
   return total;
 }
 
+// tile[t][l] = base[offset[l] + t] for t < T: one gather per token (AVX2 / AVX-512 builds).
+// Returns false where there is no gather instruction or an offset does not fit in int32.
+bool gather_tile(float *tile, const float *base, const int64_t *offset, int64_t T) {
+#if defined(VSSM_AVX512) || defined(VSSM_AVX2)
+  int32_t idx32[W];
+  for (int l = 0; l < W; ++l) {
+    if (offset[l] < 0 || offset[l] + T > (int64_t(1) << 31)) return false;
+    idx32[l] = int32_t(offset[l]);
+  }
+#if defined(VSSM_AVX512)
+  const __m512i idx = _mm512_loadu_si512((const void *)idx32);
+  for (int64_t t = 0; t < T; ++t) vstore(tile + t * W, (V)_mm512_i32gather_ps(idx, base + t, 4));
+#else
+  const __m256i idx = _mm256_loadu_si256((const __m256i *)idx32);
+  for (int64_t t = 0; t < T; ++t) vstore(tile + t * W, (V)_mm256_i32gather_ps(base + t, idx, 4));
+#endif
+  return true;
+#else
+  (void)tile, (void)base, (void)offset, (void)T;
+  return false;
+#endif
+}
+
 // tile[t][l] = rows[l][t] for t < T, l < nl (rows[l] = base + l * row_stride), zero elsewhere.
 void load_tile(float *tile, const float *base, int64_t row_stride, int nl, int64_t T) {
+  if (nl == W) {
+    int64_t offset[W];
+    for (int l = 0; l < W; ++l) offset[l] = l * row_stride;
+    if (gather_tile(tile, base, offset, T)) return;
+  }
   for (int l = 0; l < W; ++l) {
     if (l < nl) {
       const float *row = base + l * row_stride;
@@ -152,6 +180,12 @@ void load_tile(float *tile, const float *base, int64_t row_stride, int nl, int64
 // The (T, W) tile of delta for channels c0 .. c0 + nl - 1: channel c reads delta row c / ratio.
 void load_delta_tile(float *tile, const float *delta_rows, const ScanShape &s, int64_t c0, int nl,
                      int64_t t0, int64_t T) {
+  const float *base = delta_rows + (c0 / s.ratio) * s.length + t0;
+  if (nl == W) {
+    int64_t offset[W];
+    for (int l = 0; l < W; ++l) offset[l] = ((c0 + l) / s.ratio - c0 / s.ratio) * s.length;
+    if (gather_tile(tile, base, offset, T)) return;
+  }
   for (int l = 0; l < W; ++l) {
     const float *src = delta_rows + ((c0 + l) / s.ratio) * s.length + t0;
     for (int64_t t = 0; t < T; ++t) tile[t * W + l] = l < nl ? src[t] : 0.0f;
