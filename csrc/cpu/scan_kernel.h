@@ -241,6 +241,32 @@ void activate_delta(float *tile, float *grad, V bias, bool softplus, int64_t T) 
   }
 }
 
+// One token of the scan for the N states of a vector of lanes:
+// h_out[n] = exp(dt A[n]) h_in[n] + dt u B[n] (the decays also go to decay_out unless it is
+// nullptr; h_out may be h_in). Returns y = sum_n C[n] h_out[n] + D u, summed in four partial
+// sums (independent dependency chains).
+VSSM_INLINE V scan_token(int64_t N, V dtv, V uv, V Dv, const float *A2, const float *h_in,
+                         float *h_out, float *decay_out, const float *Bt, const float *Ct,
+                         int64_t L) {
+  const V du = dtv * uv;
+  auto state = [&](int64_t n) {
+    const V decay = vclamp_exp2(dtv * vload(A2 + n * W));
+    const V h = decay * vload(h_in + n * W) + du * Bt[n * L];
+    if (decay_out != nullptr) vstore(decay_out + n * W, decay);
+    vstore(h_out + n * W, h);
+    return h * Ct[n * L];
+  };
+  V y0 = V{}, y1 = V{}, y2 = V{}, y3 = V{};
+  for (int64_t q = 0; q < N / 4; ++q) {
+    y0 += state(4 * q);
+    y1 += state(4 * q + 1);
+    y2 += state(4 * q + 2);
+    y3 += state(4 * q + 3);
+  }
+  for (int64_t n = N / 4 * 4; n < N; ++n) y0 += state(n);
+  return (y0 + y1) + (y2 + y3) + Dv * uv;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: one unit is (batch, group, vector v of W channels), all tokens.
 // ---------------------------------------------------------------------------------------------
@@ -267,24 +293,8 @@ void fwd_unit_impl(const FwdArgs &a, int64_t unit, float *scratch) {
     load_tile(uu, a.u + row + t0, L, un.nl, T);
     activate_delta(dt, nullptr, bias, a.softplus, T);
     for (int64_t t = 0; t < T; ++t) {
-      const V dtv = vload(dt + t * W), uv = vload(uu + t * W), du = dtv * uv;
-      const float *Bt = Bg + t0 + t, *Ct = Cg + t0 + t;
-      auto state = [&](int64_t n) {
-        const V decay = vclamp_exp2(dtv * vload(A2 + n * W));
-        const V hn = decay * vload(h + n * W) + du * Bt[n * L];
-        vstore(h + n * W, hn);
-        return hn * Ct[n * L];
-      };
-      // Four partial sums over the states: independent dependency chains.
-      V y0 = V{}, y1 = V{}, y2 = V{}, y3 = V{};
-      for (int64_t q = 0; q < N / 4; ++q) {
-        y0 += state(4 * q);
-        y1 += state(4 * q + 1);
-        y2 += state(4 * q + 2);
-        y3 += state(4 * q + 3);
-      }
-      for (int64_t n = N / 4 * 4; n < N; ++n) y0 += state(n);
-      vstore(yy + t * W, (y0 + y1) + (y2 + y3) + Dv * uv);
+      vstore(yy + t * W, scan_token(N, vload(dt + t * W), vload(uu + t * W), Dv, A2, h, h,
+                                    nullptr, Bg + t0 + t, Cg + t0 + t, L));
     }
     if (a.z != nullptr) {
       load_tile(zz, a.z + row + t0, L, un.nl, T);
@@ -392,26 +402,9 @@ void bwd_unit_impl(const BwdArgs &a, int64_t unit, float *scratch) {
         for (int64_t n = 0; n < N; ++n) H[n * W + l] = src != nullptr ? src[n] : 0.0f;
       }
       for (int64_t t = 0; t < T; ++t) {
-        const V dtv = vload(dt + t * W), uv = vload(uu + t * W), du = dtv * uv;
-        const float *Bt = Bg + t0 + t, *Ct = Cg + t0 + t;
-        const float *hp = H + t * N * W;
-        float *hn = H + (t + 1) * N * W, *dc = decay + t * N * W;
-        auto state = [&](int64_t n) {
-          const V an = vclamp_exp2(dtv * vload(A2v + n * W));
-          const V h = an * vload(hp + n * W) + du * Bt[n * L];
-          vstore(dc + n * W, an);
-          vstore(hn + n * W, h);
-          return h * Ct[n * L];
-        };
-        V y0 = V{}, y1 = V{}, y2 = V{}, y3 = V{};
-        for (int64_t q = 0; q < N / 4; ++q) {
-          y0 += state(4 * q);
-          y1 += state(4 * q + 1);
-          y2 += state(4 * q + 2);
-          y3 += state(4 * q + 3);
-        }
-        for (int64_t n = N / 4 * 4; n < N; ++n) y0 += state(n);
-        vstore(yy + t * W, (y0 + y1) + (y2 + y3) + Dv * uv);
+        vstore(yy + t * W, scan_token(N, vload(dt + t * W), vload(uu + t * W), Dv, A2v,
+                                      H + t * N * W, H + (t + 1) * N * W, decay + t * N * W,
+                                      Bg + t0 + t, Cg + t0 + t, L));
       }
       // The adjoint lam[t] = C[t] dy[t] + decay[t + 1] lam[t + 1], carried as decay * lam.
       V dDv = V{}, dbv = V{};
