@@ -160,7 +160,23 @@ def cpu_extension():
 def build_ext_class(base):
     """``base`` (torch's BuildExtension) that turns a failed optional extension into a message."""
 
+    def last_line(err):
+        text = str(err).strip()
+        return f'{type(err).__name__}: {text.splitlines()[-1] if text else ""}'
+
     class BuildExt(base):
+
+        def build_extensions(self):
+            self.skipped = set()
+            try:
+                super().build_extensions()
+            except Exception as err:  # e.g. torch's compiler check fails before any build
+                if any(getattr(ext, 'optional_reason', None) is None for ext in self.extensions):
+                    raise
+                _skip_cpu(f'the C++ compiler does not work ({last_line(err)})')
+                self.skipped = {ext.name for ext in self.extensions}
+            # Later steps (copying built modules into the source tree) must not look for them.
+            self.extensions = [ext for ext in self.extensions if ext.name not in self.skipped]
 
         def build_extension(self, ext):
             reason = getattr(ext, 'optional_reason', None)
@@ -169,8 +185,8 @@ def build_ext_class(base):
             try:
                 return super().build_extension(ext)
             except Exception as err:  # a compiler error of any kind: keep the install going
-                _skip_cpu(f'compiling {reason} failed ({type(err).__name__}: '
-                          f'{str(err).strip().splitlines()[-1] if str(err).strip() else err})')
+                _skip_cpu(f'compiling {reason} failed ({last_line(err)})')
+                self.skipped.add(ext.name)
                 return None
 
     return BuildExt
