@@ -4,8 +4,10 @@ In eager mode :func:`.interface.selective_scan` uses
 :class:`.interface.SelectiveScanFn` (a stable name for jit-trace FLOP
 counters). Under ``torch.compile`` it calls ``torch.ops.vssm_mm.selective_scan``
 instead: dynamo would otherwise trace through the reference's Python chunk
-loop and unroll it into a huge graph. The fake (meta) implementations give
-output shapes without running anything; they need static shapes.
+loop (or stop at the extensions' calls) and unroll it into a huge graph. The
+fake (meta) implementations give output shapes without running anything (each
+backend declares the shape of the tensor it saves, ``saved_state_spec``); they
+need static shapes.
 """
 from typing import List, Optional, Tuple
 
