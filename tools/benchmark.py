@@ -3,7 +3,7 @@
     python tools/benchmark.py configs/msvmamba/tiny_in1k.py --batch-size 64 --device cuda
     python tools/benchmark.py configs/msvmamba/tiny_coco.py --batch-size 2 --shape 800 1280
     python tools/benchmark.py CONFIG --device cpu --batch-size 2 --shape 64 64 --json out.json
-    python tools/benchmark.py CONFIG --scan-backend reference|triton|cuda
+    python tools/benchmark.py CONFIG --scan-backend reference|cpu|triton|cuda
 
 Each mode runs ``--warmup`` untimed iterations, then ``--repeat`` timed ones (synchronised on
 GPU); the table gives the median images/s with the spread over the timed runs. Peak memory is
@@ -40,7 +40,7 @@ def parse_args(argv=None):
     parser.add_argument('--modes', nargs='+', default=['inference', 'train'],
                         choices=['inference', 'train'])
     parser.add_argument('--amp', action='store_true', help='autocast to fp16 (GPU) / bf16 (CPU)')
-    parser.add_argument('--scan-backend', choices=['auto', 'reference', 'triton', 'cuda'],
+    parser.add_argument('--scan-backend', choices=['auto', 'reference', 'cpu', 'triton', 'cuda'],
                         default='auto', help='selective-scan backend')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',

@@ -50,8 +50,10 @@ def find_toolkit():
 
 
 def source_files():
+    # csrc/cpu/ is the separate CPU extension; it does not go into vssm_mm._C.
     files = sorted(p for p in (REPO / 'csrc').rglob('*')
-                   if p.is_file() and p.suffix in SOURCE_SUFFIXES)
+                   if p.is_file() and p.suffix in SOURCE_SUFFIXES
+                   and (REPO / 'csrc' / 'cpu') not in p.parents)
     return files + [REPO / 'setup.py']
 
 
@@ -118,6 +120,7 @@ def main():
     env = dict(os.environ, FORCE_CUDA='1', TORCH_CUDA_ARCH_LIST=arch_list,
                CUDA_HOME=str(toolkit), MAX_JOBS=os.environ.get('MAX_JOBS', '2'))
     env.pop('VSSM_NO_CUDA', None)
+    env['VSSM_NO_CPU_EXT'] = '1'  # only vssm_mm._C is checked here
     work = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix='vssm_cuda_check_'))
     work.mkdir(parents=True, exist_ok=True)
     print(f'[check_cuda_build] building vssm_mm._C for TORCH_CUDA_ARCH_LIST={arch_list} '

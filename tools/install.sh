@@ -49,7 +49,9 @@ PYEOF
 # Quick path: everything already there and the project files unchanged since the last install.
 STAMP_DIR="$("$PY" -c 'import sys; print(sys.prefix)')"
 STAMP="$STAMP_DIR/.vssm_mm_install_stamp"
-FINGERPRINT="$(cat "$REPO/tools/install.sh" "$REPO/tools/constraints.txt" "$REPO/requirements.txt" "$REPO/setup.py" 2>/dev/null | sha256sum | cut -c1-16)-${FORCE_CUDA:-0}"
+# The CPU kernels (csrc/cpu/) are compiled by the editable install: their sources are part of
+# the fingerprint, so editing them rebuilds the extension on the next run.
+FINGERPRINT="$(cat "$REPO/tools/install.sh" "$REPO/tools/constraints.txt" "$REPO/requirements.txt" "$REPO/setup.py" "$REPO"/csrc/cpu/* 2>/dev/null | sha256sum | cut -c1-16)-${FORCE_CUDA:-0}"
 if [[ -f "$STAMP" && "$(cat "$STAMP")" == "$FINGERPRINT" ]] && \
    "$PY" -c "import torch, torchvision, mmcv, mmcv.ops, mmengine, mmdet, mmseg, mmpretrain, vssm_mm" 2>/dev/null; then
     log "environment is up to date ($PY)"
@@ -103,8 +105,20 @@ fi
 
 # 5. The rest of the stack and the project -------------------------------------------------------
 "${PIP[@]}" install -q "${PIP_C[@]}" -r "$REPO/requirements.txt"
-# Editable, without build isolation so that setup.py sees the installed torch.
+# Editable, without build isolation so that setup.py sees the installed torch; this also builds
+# the CPU selective-scan kernels (vssm_mm._C_cpu) when a C++ compiler is found.
 "${PIP[@]}" install -q --no-deps --no-build-isolation -e "$REPO"
+"$PY" - <<'PYEOF'
+import shutil
+try:
+    import vssm_mm._C_cpu as ext
+    print(f"[install] CPU selective-scan kernels built ({ext.isa()}): the default for CPU tensors")
+except ImportError as err:
+    why = ('no C++ compiler (c++) on PATH' if shutil.which('c++') is None and shutil.which('g++') is None
+           else f'they did not compile or load ({err})')
+    print(f"[install] CPU selective-scan kernels not built: {why}. CPU tensors use the slower "
+          "'reference' backend; install a C++ compiler and rerun the install to build them.")
+PYEOF
 
 "$PY" - <<'PYEOF'
 import mmcv, mmcv.ops, mmengine, mmdet, mmseg, mmpretrain, torch, vssm_mm

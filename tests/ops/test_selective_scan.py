@@ -7,7 +7,7 @@ from vssm_mm.ops.selective_scan import (SCAN_FLOP_HANDLES, available_backends,
                                         resolve_backend, selective_scan,
                                         selective_scan_flop_jit,
                                         selective_scan_naive)
-from vssm_mm.ops.selective_scan import reference
+from vssm_mm.ops.selective_scan import blocked_scan
 
 # max|a - b| / max|b| allowed per dtype: the two implementations share the
 # fp32 math, so they differ by fp32 rounding plus the final cast.
@@ -75,7 +75,7 @@ def assert_close(actual, expected, tol, context=''):
 def compare_with_naive(chunk_elements=None, monkeypatch=None,
                        out_float32=False, **shape):
     if chunk_elements is not None:
-        monkeypatch.setattr(reference, 'DEFAULT_CHUNK_ELEMENTS',
+        monkeypatch.setattr(blocked_scan, 'DEFAULT_CHUNK_ELEMENTS',
                             chunk_elements)
     inputs = make_inputs(**shape)
     expected, out_grad, last_grad = run(selective_scan_naive, inputs,
@@ -157,7 +157,8 @@ def test_reference_very_long_sequence():
     out, last = selective_scan(args['u'], args['delta'], args['A'], args['B'],
                                args['C'], D=args['D'],
                                delta_bias=args['delta_bias'],
-                               delta_softplus=True, return_last_state=True)
+                               delta_softplus=True, return_last_state=True,
+                               backend='reference')
     np64 = {k: v.double().numpy() for k, v in args.items()}
     dt = np.logaddexp(0, np64['delta'] + np64['delta_bias'][:, None])[0]
     decay = np.exp(dt * np64['A'][:, :1])
@@ -175,7 +176,7 @@ def test_reference_very_long_sequence():
 
 def test_reference_gradcheck_float64(monkeypatch):
     # Tiny chunks so that the carries between chunks are differentiated too.
-    monkeypatch.setattr(reference, 'DEFAULT_CHUNK_ELEMENTS', 24)
+    monkeypatch.setattr(blocked_scan, 'DEFAULT_CHUNK_ELEMENTS', 24)
     inputs = make_inputs(batch=1, channels=4, length=7, d_state=3, groups=2,
                          delta_ratio=2, dtype=torch.float64)
     names = list(GRAD_NAMES)
@@ -264,14 +265,25 @@ def clean_env(monkeypatch):
     return monkeypatch
 
 
-def test_auto_picks_reference_on_cpu(clean_env):
-    assert resolve_backend(None, 'cpu') == 'reference'
-    assert resolve_backend('auto', 'cpu') == 'reference'
-    assert available_backends('cpu') == ['reference']
+def _cpu_kernels_built():
+    try:
+        import vssm_mm._C_cpu  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def test_auto_picks_cpu_kernels_on_cpu(clean_env):
+    expected = 'cpu' if _cpu_kernels_built() else 'reference'
+    assert resolve_backend(None, 'cpu') == expected
+    assert resolve_backend('auto', 'cpu') == expected
+    assert available_backends('cpu') == ['reference'] + (
+        ['cpu'] if expected == 'cpu' else [])
 
 
 def test_unknown_backend_lists_valid_names(clean_env):
-    with pytest.raises(ValueError, match="'reference', 'triton', 'cuda'"):
+    with pytest.raises(ValueError,
+                       match="'reference', 'cpu', 'triton', 'cuda'"):
         resolve_backend('tritonn', 'cpu')
     clean_env.setenv('VSSM_SCAN_BACKEND', 'bogus')
     with pytest.raises(ValueError, match='VSSM_SCAN_BACKEND'):
@@ -281,7 +293,8 @@ def test_unknown_backend_lists_valid_names(clean_env):
 def test_unavailable_backend_raises_with_instructions(clean_env):
     with pytest.raises(RuntimeError) as info:
         resolve_backend('cuda', 'cpu')
-    assert "['reference']" in str(info.value)
+    assert "Backends available for cpu tensors: ['reference'" in str(
+        info.value)
     # On a GPU machine without the extension: how to build it.
     from vssm_mm.ops.selective_scan.backends import unavailable_reason
     try:
@@ -315,7 +328,8 @@ def test_env_var_selects_backend(clean_env):
     assert resolve_backend('reference', 'cpu') == 'reference'
     # 'auto' never picks Triton for CPU tensors, even when interpreting.
     clean_env.delenv('VSSM_SCAN_BACKEND')
-    assert resolve_backend(None, 'cpu') == 'reference'
+    assert resolve_backend(None, 'cpu') == ('cpu' if _cpu_kernels_built()
+                                            else 'reference')
 
 
 # ---------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Selective scan (Mamba-1 S6) with reference, Triton and CUDA backends.
+"""Selective scan (Mamba-1 S6) with reference, CPU, Triton and CUDA backends.
 
 See ``docs/selective_scan.md`` for semantics, backends and benchmarks.
 """

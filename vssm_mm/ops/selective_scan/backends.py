@@ -1,9 +1,22 @@
 """Registry of selective-scan backends and the rule that picks one.
 
-A backend is a module with two functions, ``forward`` and ``backward``
-(the contract is written down in :mod:`.reference`). Backends are imported only
-when first used, so a missing Triton or CUDA extension costs nothing unless it
-is asked for.
+Backends are imported only when first used, so a missing Triton or compiled
+extension costs nothing unless it is asked for. A backend is a module with
+three functions:
+
+* ``forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32)
+  -> (out, last_state, saved, meta)``. Inputs are already validated: u, delta,
+  z (batch, channels, L), B/C (batch, G, N, L), A (channels, N), D (channels),
+  delta_bias (delta channels); optional ones None. ``saved`` is a tuple of
+  exactly one tensor for ``ctx.save_for_backward``, ``meta`` non-tensor data
+  (None for every backend here, which the ``torch.compile`` path relies on).
+* ``backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias,
+  delta_softplus, saved, meta) -> (du, ddelta, dA, dB, dC, dD, dz,
+  ddelta_bias)``: ``dout``/``dlast_state`` may be None; gradients in the dtypes
+  of the inputs, None for inputs that were None.
+* ``saved_state_spec(u, A, B) -> (shape, dtype)`` of the saved tensor, which
+  the ``torch.compile`` fake implementation (:mod:`.library`) allocates
+  without running anything.
 """
 import importlib
 import importlib.util
@@ -13,13 +26,17 @@ import sys
 import torch
 
 ENV_VAR = 'VSSM_SCAN_BACKEND'
-BACKENDS = ('reference', 'triton', 'cuda')
+BACKENDS = ('reference', 'cpu', 'triton', 'cuda')
+CPU_BUILD_HINT = ('it is built by `pip install -e . --no-build-isolation` (or '
+                  '`make install`) when a C++ compiler is found; the install '
+                  'log says why it was skipped')
 CUDA_BUILD_HINT = ("build it with `FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST='8.0;9.0' "
                    'pip install -e . --no-build-isolation` (list the compute '
                    'capabilities of your GPUs)')
 
 _MODULES = {
     'reference': '.reference',
+    'cpu': '.cpu_backend',
     'triton': '.triton_backend',
     'cuda': '.cuda_backend',
 }
@@ -47,6 +64,9 @@ def _triton_interpreter_error():
             'it in the environment before the Python process starts')
 
 
+# Under torch.compile the answer is computed once while tracing and kept as a constant
+# (dynamo cannot trace importlib).
+@torch._dynamo.assume_constant_result
 def _cuda_extension_error():
     try:
         ext = importlib.import_module('vssm_mm._C')
@@ -56,6 +76,16 @@ def _cuda_extension_error():
     if not hasattr(ext, 'selective_scan_fwd'):
         return ('vssm_mm._C has no selective_scan_fwd (it was built without '
                 'the selective-scan kernels); rebuild: ' + CUDA_BUILD_HINT)
+    return None
+
+
+@torch._dynamo.assume_constant_result
+def _cpu_extension_error():
+    try:
+        importlib.import_module('vssm_mm._C_cpu')
+    except ImportError as err:
+        return (f'the CPU extension vssm_mm._C_cpu is not built ({err}); ' +
+                CPU_BUILD_HINT)
     return None
 
 
@@ -69,6 +99,11 @@ def unavailable_reason(name, device):
     device = torch.device(device)
     if name == 'reference':
         return None
+    if name == 'cpu':
+        if device.type != 'cpu':
+            return (f'the CPU kernels run on CPU tensors, got {device.type} '
+                    'tensors')
+        return _cpu_extension_error()
     if name == 'triton':
         if importlib.util.find_spec('triton') is None:
             return 'Triton is not installed (`pip install triton`)'
@@ -96,7 +131,7 @@ def available_backends(device=None):
             machine" (CUDA if one is visible, else the CPU).
 
     Returns:
-        list[str]: a subset of ``['reference', 'triton', 'cuda']``.
+        list[str]: a subset of ``['reference', 'cpu', 'triton', 'cuda']``.
     """
     if device is None:
         devices = ['cpu'] + (['cuda'] if torch.cuda.is_available() else [])
@@ -118,7 +153,8 @@ def resolve_backend(backend, device):
 
     Precedence: an explicit ``backend`` argument, else ``$VSSM_SCAN_BACKEND``,
     else 'auto'. 'auto' picks 'cuda' if the extension is built and the tensors
-    are on a GPU, else 'triton' if the tensors are on a GPU, else 'reference'.
+    are on a GPU, else 'triton' if the tensors are on a GPU; for CPU tensors
+    'cpu' if ``vssm_mm._C_cpu`` is built; else 'reference'.
     An explicit name that cannot run raises instead of falling back.
 
     Raises:
@@ -139,6 +175,8 @@ def resolve_backend(backend, device):
             for candidate in ('cuda', 'triton'):
                 if unavailable_reason(candidate, device) is None:
                     return candidate
+        elif device.type == 'cpu' and _cpu_extension_error() is None:
+            return 'cpu'
         return 'reference'
     if name not in BACKENDS:
         raise ValueError(_unknown(backend) + f' (from the {source})')

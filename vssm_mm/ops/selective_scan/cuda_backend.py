@@ -43,6 +43,12 @@ def num_chunks(length):
     return -(-length // chunk_length(length))
 
 
+def saved_state_spec(u, A, B):
+    """(shape, dtype) of the one tensor :func:`forward` saves for backward."""
+    batch, channels, length = u.shape
+    return (batch, channels, num_chunks(length), A.shape[1]), torch.float32
+
+
 def _check_dtype(u):
     if u.dtype not in _KERNEL_DTYPES:
         raise TypeError(f"backend='cuda' runs fp32, fp16 and bf16 inputs, got {u.dtype}; use "
@@ -70,7 +76,7 @@ def _prepare(u, delta, A, B, C, D, z, delta_bias):
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32):
-    """Backend contract: see :func:`.reference.forward`."""
+    """Backend contract: see :mod:`.backends`."""
     args = _prepare(u, delta, A, B, C, D, z, delta_bias)
     out, states = _ext().selective_scan_fwd(*args, bool(delta_softplus), bool(out_float32))
     if not out_float32 and out.dtype != u.dtype:  # ran in fp32 for mixed input dtypes
@@ -80,7 +86,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32):
 
 def backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias, delta_softplus, saved,
              meta):
-    """Backend contract: see :func:`.reference.backward`."""
+    """Backend contract: see :mod:`.backends`."""
     # (torch.compile's autograd may hand over zeros for an unused last state)
     if dlast_state is not None and bool(dlast_state.any()):
         raise NotImplementedError(

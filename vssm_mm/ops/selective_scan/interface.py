@@ -144,11 +144,12 @@ def selective_scan(u,
         out_float32 (bool): return fp32 output instead of u's dtype.
         return_last_state (bool): also return the final state (batch,
             channels, N) in the compute dtype.
-        backend (str, optional): 'reference', 'triton', 'cuda' or 'auto'.
-            None means ``$VSSM_SCAN_BACKEND`` if set, else 'auto' (cuda
-            extension for CUDA tensors if built, else Triton for CUDA
-            tensors, else reference). An explicit backend that cannot run
-            raises a RuntimeError saying how to get it.
+        backend (str, optional): 'reference', 'cpu', 'triton', 'cuda' or
+            'auto'. None means ``$VSSM_SCAN_BACKEND`` if set, else 'auto'
+            (cuda extension for CUDA tensors if built, else Triton for CUDA
+            tensors; the cpu extension for CPU tensors if built; else
+            reference). An explicit backend that cannot run raises a
+            RuntimeError saying how to get it.
 
     Returns:
         Tensor | tuple[Tensor, Tensor]: out (batch, channels, L), plus the last

@@ -4,8 +4,10 @@ In eager mode :func:`.interface.selective_scan` uses
 :class:`.interface.SelectiveScanFn` (a stable name for jit-trace FLOP
 counters). Under ``torch.compile`` it calls ``torch.ops.vssm_mm.selective_scan``
 instead: dynamo would otherwise trace through the reference's Python chunk
-loop and unroll it into a huge graph. The fake (meta) implementations give
-output shapes without running anything; they need static shapes.
+loop (or stop at the extensions' calls) and unroll it into a huge graph. The
+fake (meta) implementations give output shapes without running anything (each
+backend declares the shape of the tensor it saves, ``saved_state_spec``); they
+need static shapes.
 """
 from typing import List, Optional, Tuple
 
@@ -15,23 +17,8 @@ from torch import Tensor
 from .backends import load_backend
 from .common import compute_dtype
 
-# Backends whose forward saves exactly one tensor for backward and no meta.
-COMPILABLE_BACKENDS = ('reference', 'triton', 'cuda')
-
-
-def _saved_chunks(backend, u, B):
-    """Number of chunks of the saved states, as the backend will produce."""
-    batch, channels, length = u.shape
-    groups, d_state = B.shape[1], B.shape[2]
-    if backend == 'cuda':
-        from .cuda_backend import num_chunks
-        return num_chunks(length)
-    if backend == 'triton':
-        from .triton_backend import block_sizes
-        block_l = block_sizes(channels, groups, d_state, length)[2]
-        return -(-length // block_l)
-    from .reference import plan_chunks
-    return plan_chunks(length, batch * channels * d_state)[2]
+# Every backend saves exactly one tensor for backward and no meta.
+COMPILABLE_BACKENDS = ('reference', 'cpu', 'triton', 'cuda')
 
 
 @torch.library.custom_op('vssm_mm::selective_scan', mutates_args=())
@@ -55,10 +42,8 @@ def _(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32,
     d_state = A.shape[1]
     out = u.new_empty(u.shape, dtype=dtype if out_float32 else u.dtype)
     last_state = u.new_empty((batch, channels, d_state), dtype=dtype)
-    saved = u.new_empty(
-        (batch, channels, _saved_chunks(backend, u, B), d_state),
-        dtype=torch.float32 if backend in ('triton', 'cuda') else dtype)
-    return out, last_state, saved
+    shape, saved_dtype = load_backend(backend).saved_state_spec(u, A, B)
+    return out, last_state, u.new_empty(shape, dtype=saved_dtype)
 
 
 @torch.library.custom_op('vssm_mm::selective_scan_backward', mutates_args=())

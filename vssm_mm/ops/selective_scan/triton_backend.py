@@ -41,6 +41,14 @@ def block_sizes(channels, groups, d_state, length):
     return block_d, block_n, block_l
 
 
+def saved_state_spec(u, A, B):
+    """(shape, dtype) of the one tensor :func:`forward` saves for backward."""
+    batch, channels, length = u.shape
+    groups, d_state = B.shape[1], B.shape[2]
+    block_l = block_sizes(channels, groups, d_state, length)[2]
+    return (batch, channels, -(-length // block_l), d_state), torch.float32
+
+
 def _launch(kernel, grid, interpret, args, constexprs):
     if interpret:
         kernel[grid](*args, **constexprs)
@@ -56,7 +64,7 @@ def _prepare(u, delta, B, C, z):
 
 
 def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32):
-    """Backend contract: see :func:`.reference.forward`."""
+    """Backend contract: see :mod:`.backends`."""
     interpret = triton_interpreting() or not u.is_cuda
     u, delta, B, C, z = _prepare(u, delta, B, C, z)
     batch, channels, length = u.shape
@@ -83,7 +91,7 @@ def forward(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32):
 
 def backward(dout, dlast_state, u, delta, A, B, C, D, z, delta_bias,
              delta_softplus, saved, meta):
-    """Backend contract: see :func:`.reference.backward`."""
+    """Backend contract: see :mod:`.backends`."""
     (states, ) = saved
     interpret = triton_interpreting() or not u.is_cuda
     u_in, delta_in, B_in, C_in = u, delta, B, C

@@ -1,0 +1,59 @@
+// Plain C++ interface between the torch bindings (selective_scan_cpu.cpp) and the SIMD kernels
+// (scan_kernel.h, compiled once per instruction set). Nothing here includes torch: the kernel
+// translation units are compiled with instruction-set pragmas and must not instantiate torch's
+// inline functions, which would then be shared with code that runs on any CPU.
+#pragma once
+
+#include <cstdint>
+
+namespace vssm_cpu {
+
+// Tokens per saved state: the forward keeps the state after every chunk, the backward
+// recomputes a chunk's states from the previous one.
+constexpr int64_t kChunk = 64;
+constexpr int64_t kMaxDState = 256;
+
+struct ScanShape {
+  int64_t batch, dim, dim_delta, ratio, groups, per_group, dstate, length, n_chunks;
+};
+
+// All tensors fp32, contiguous. Optional ones are nullptr.
+struct FwdArgs {
+  ScanShape s;
+  bool softplus;
+  const float *u, *delta, *A, *B, *C, *D, *z, *bias;  // (b,dim,L) (b,dim_delta,L) (dim,N) (b,G,N,L)
+  float *out;                                          // (b, dim, L), gated by silu(z)
+  float *states;                                       // (b, dim, n_chunks, N): state after each chunk
+};
+
+struct BwdArgs {
+  ScanShape s;
+  bool softplus;
+  const float *u, *delta, *A, *B, *C, *D, *z, *bias;
+  const float *dout;    // (b, dim, L) gradient of the gated output
+  const float *dlast;   // (b, dim, N) gradient of the last state, or nullptr
+  const float *states;  // as written by the forward
+  float *du, *ddelta_ch, *dz;            // (b, dim, L); ddelta per channel of u (before delta groups)
+  float *dA_part;                        // (b, dim, N) summed over tokens
+  float *dD_part, *dbias_part;           // (b, dim) summed over tokens
+  float *dB_part, *dC_part;              // (n_sub, b, G, N, L) summed over a unit's channels
+  int64_t vectors_per_unit, n_sub;
+};
+
+// One instruction set's kernels. A forward unit is (batch, group, one vector of lanes() channels);
+// a backward unit is (batch, group, sub-block of vectors_per_unit vectors).
+struct Kernels {
+  const char *name;
+  int lanes;
+  int64_t (*fwd_scratch)(const ScanShape &);
+  int64_t (*bwd_scratch)(const ScanShape &, int64_t vectors_per_unit);
+  void (*fwd_unit)(const FwdArgs &, int64_t unit, float *scratch);
+  void (*bwd_unit)(const BwdArgs &, int64_t unit, float *scratch);
+};
+
+// nullptr when the instruction set was not compiled in (the CPU is checked by the caller).
+const Kernels *kernels_base();
+const Kernels *kernels_avx2();
+const Kernels *kernels_avx512();
+
+}  // namespace vssm_cpu

@@ -1,0 +1,492 @@
+// The selective-scan kernels for CPU tensors, written once with GCC/Clang vector extensions and
+// compiled once per instruction set (scan_kernel_{base,avx2,avx512}.cpp define VSSM_ISA and
+// VSSM_LANES before including this file). Semantics and gradients: docs/selective_scan.md.
+//
+// Layout: the lanes of a vector are lanes() consecutive channels of one B/C group, so B[t, n]
+// and C[t, n] are scalars broadcast to all lanes and no sum over lanes is needed in the forward.
+// Tokens are processed in chunks of kChunk: a chunk of every input row is transposed into a
+// (token, lane) tile, scanned with the state h[n] of all lanes in L1, and transposed back.
+// The backward walks the chunks in reverse, recomputes a chunk's states from the state saved
+// after the previous chunk, and runs the adjoint over the chunk.
+//
+// Only plain C++ and the vector extensions are used here (no std:: calls, no torch): every
+// function is local to the instruction set's namespace.
+#include <cstdint>
+
+#include "scan_cpu.h"
+
+#if defined(VSSM_AVX2) || defined(VSSM_AVX512)
+#include <immintrin.h>
+#endif
+
+#ifndef VSSM_ISA
+#error "define VSSM_ISA and VSSM_LANES before including scan_kernel.h"
+#endif
+
+// Vectors are passed by value between the functions of one translation unit only.
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+namespace vssm_cpu {
+namespace VSSM_ISA {
+namespace {
+
+constexpr int W = VSSM_LANES;
+typedef float V __attribute__((vector_size(4 * W)));
+typedef int32_t VI __attribute__((vector_size(4 * W)));
+
+#define VSSM_INLINE inline __attribute__((always_inline))
+
+constexpr float kLog2e = 1.4426950408889634f;
+// F.softplus returns its input unchanged above this value; so do the kernels.
+constexpr float kSoftplusThreshold = 20.0f;
+// exp2 arguments are clamped to this range: below 2^-126 a decay is zero for every practical
+// purpose, and the clamp keeps both exp2 and later products out of subnormal arithmetic.
+constexpr float kMinExp2 = -126.0f, kMaxExp2 = 126.0f;
+
+VSSM_INLINE V vload(const float *p) {
+  V v;
+  __builtin_memcpy(&v, p, sizeof(V));
+  return v;
+}
+VSSM_INLINE void vstore(float *p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
+VSSM_INLINE V vset(float s) { return V{} + s; }
+VSSM_INLINE V vselect(VI mask, V a, V b) { return mask ? a : b; }
+// max/min with x86's rule (the second operand when either is NaN): one instruction where known.
+VSSM_INLINE V vmax(V a, V b) {
+#if defined(VSSM_AVX512)
+  return (V)_mm512_max_ps((__m512)a, (__m512)b);
+#elif defined(VSSM_AVX2)
+  return (V)_mm256_max_ps((__m256)a, (__m256)b);
+#else
+  return a > b ? a : b;
+#endif
+}
+VSSM_INLINE V vmin(V a, V b) {
+#if defined(VSSM_AVX512)
+  return (V)_mm512_min_ps((__m512)a, (__m512)b);
+#elif defined(VSSM_AVX2)
+  return (V)_mm256_min_ps((__m256)a, (__m256)b);
+#else
+  return a < b ? a : b;
+#endif
+}
+VSSM_INLINE V vabs(V a) { return (V)((VI)a & 0x7fffffff); }
+VSSM_INLINE int64_t imin(int64_t a, int64_t b) { return a < b ? a : b; }
+
+// 2^x = 2^k p(x - k), k = round(x), p a degree-6 polynomial on [-1/2, 1/2] (relative error
+// below 1e-7, about 1.5 ulp). Arguments below kMinExp2 give 2^kMinExp2 (a decay that small is
+// zero for every practical purpose, and the clamp keeps later products out of subnormal
+// arithmetic); above kMaxExp2, 2^kMaxExp2 (inf with AVX-512; exp overflows there anyway).
+VSSM_INLINE V exp2_poly(V f) {
+  V p = vset(1.5353296475950629e-4f);
+  p = p * f + 1.3398852897807956e-3f;
+  p = p * f + 9.618437848985195e-3f;
+  p = p * f + 5.5503323674201965e-2f;
+  p = p * f + 2.4022647738456726e-1f;
+  p = p * f + 6.931471824645996e-1f;
+  return p * f + 1.0f;
+}
+
+VSSM_INLINE V vclamp_exp2(V x) {
+#if defined(VSSM_AVX512)
+  // scalef multiplies by 2^k without exponent arithmetic (large x give inf instead of the
+  // ceiling), so only the floor needs a clamp.
+  x = vmax(x, vset(kMinExp2));
+  const __m512 k = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return (V)_mm512_scalef_ps((__m512)exp2_poly(x - (V)k), k);
+#else
+  x = vmin(vmax(x, vset(kMinExp2)), vset(kMaxExp2));
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
+  const V t = x + magic;
+  const V p = exp2_poly(x - (t - magic));
+  const VI e = ((VI)t - 0x4B400000) << 23;
+  return (V)((VI)p + e);
+#endif
+}
+
+VSSM_INLINE V vsigmoid(V x) { return 1.0f / (1.0f + vclamp_exp2(x * -kLog2e)); }
+
+// softplus(x) = max(x, 0) + log1p(exp(-|x|)), x itself above the threshold. log1p(e) for e in
+// (0, 1] is 2 atanh(s) with s = e / (2 + e) <= 1/3, summed as an odd series (error < 1e-8).
+VSSM_INLINE V vsoftplus(V x) {
+  const V e = vclamp_exp2(vabs(x) * -kLog2e);
+  const V s = e / (e + 2.0f);
+  const V s2 = s * s;
+  V q = vset(1.0f / 15);
+  q = q * s2 + 1.0f / 13;
+  q = q * s2 + 1.0f / 11;
+  q = q * s2 + 1.0f / 9;
+  q = q * s2 + 1.0f / 7;
+  q = q * s2 + 1.0f / 5;
+  q = q * s2 + 1.0f / 3;
+  q = q * s2 + 1.0f;
+  const V r = vmax(x, V{}) + 2.0f * s * q;
+  return vselect(x > kSoftplusThreshold, x, r);
+}
+
+// d softplus / dx = sigmoid(x), 1 above the threshold.
+VSSM_INLINE V vsoftplus_grad(V x) {
+  return vselect(x > kSoftplusThreshold, vset(1.0f), vsigmoid(x));
+}
+
+VSSM_INLINE float hsum(V v) {
+  float lanes[W];
+  __builtin_memcpy(lanes, &v, sizeof(V));
+  float total = 0.0f;
+  for (int l = 0; l < W; ++l) total += lanes[l];
+  return total;
+}
+
+// tile[t][l] = base[offset[l] + t] for t < T: one gather per token (AVX2 / AVX-512 builds).
+// Returns false where there is no gather instruction or an offset does not fit in int32.
+bool gather_tile(float *tile, const float *base, const int64_t *offset, int64_t T) {
+#if defined(VSSM_AVX512) || defined(VSSM_AVX2)
+  int32_t idx32[W];
+  for (int l = 0; l < W; ++l) {
+    if (offset[l] < 0 || offset[l] + T > (int64_t(1) << 31)) return false;
+    idx32[l] = int32_t(offset[l]);
+  }
+#if defined(VSSM_AVX512)
+  const __m512i idx = _mm512_loadu_si512((const void *)idx32);
+  for (int64_t t = 0; t < T; ++t) vstore(tile + t * W, (V)_mm512_i32gather_ps(idx, base + t, 4));
+#else
+  const __m256i idx = _mm256_loadu_si256((const __m256i *)idx32);
+  for (int64_t t = 0; t < T; ++t) vstore(tile + t * W, (V)_mm256_i32gather_ps(base + t, idx, 4));
+#endif
+  return true;
+#else
+  (void)tile, (void)base, (void)offset, (void)T;
+  return false;
+#endif
+}
+
+// tile[t][l] = rows[l][t] for t < T, l < nl (rows[l] = base + l * row_stride), zero elsewhere.
+void load_tile(float *tile, const float *base, int64_t row_stride, int nl, int64_t T) {
+  if (nl == W) {
+    int64_t offset[W];
+    for (int l = 0; l < W; ++l) offset[l] = l * row_stride;
+    if (gather_tile(tile, base, offset, T)) return;
+  }
+  for (int l = 0; l < W; ++l) {
+    if (l < nl) {
+      const float *row = base + l * row_stride;
+      for (int64_t t = 0; t < T; ++t) tile[t * W + l] = row[t];
+    } else {
+      for (int64_t t = 0; t < T; ++t) tile[t * W + l] = 0.0f;
+    }
+  }
+}
+
+// The (T, W) tile of delta for channels c0 .. c0 + nl - 1: channel c reads delta row c / ratio.
+void load_delta_tile(float *tile, const float *delta_rows, const ScanShape &s, int64_t c0, int nl,
+                     int64_t t0, int64_t T) {
+  const float *base = delta_rows + (c0 / s.ratio) * s.length + t0;
+  if (nl == W) {
+    int64_t offset[W];
+    for (int l = 0; l < W; ++l) offset[l] = ((c0 + l) / s.ratio - c0 / s.ratio) * s.length;
+    if (gather_tile(tile, base, offset, T)) return;
+  }
+  for (int l = 0; l < W; ++l) {
+    const float *src = delta_rows + ((c0 + l) / s.ratio) * s.length + t0;
+    for (int64_t t = 0; t < T; ++t) tile[t * W + l] = l < nl ? src[t] : 0.0f;
+  }
+}
+
+void store_tile(float *base, int64_t row_stride, const float *tile, int nl, int64_t T) {
+  for (int l = 0; l < nl; ++l) {
+    float *row = base + l * row_stride;
+    for (int64_t t = 0; t < T; ++t) row[t] = tile[t * W + l];
+  }
+}
+
+// Lane constants of channels c0 .. c0 + nl - 1: dst[n * W + l] = src[(c0 + l) * N + n] * scale.
+void load_lane_matrix(float *dst, const float *src, int64_t c0, int nl, int64_t N, float scale) {
+  for (int64_t n = 0; n < N; ++n)
+    for (int l = 0; l < W; ++l) dst[n * W + l] = l < nl ? src[(c0 + l) * N + n] * scale : 0.0f;
+}
+
+V load_lanes(const float *src, int64_t c0, int nl, int64_t ratio = 1) {
+  float lanes[W];
+  for (int l = 0; l < W; ++l) lanes[l] = (src != nullptr && l < nl) ? src[(c0 + l) / ratio] : 0.0f;
+  return vload(lanes);
+}
+
+struct Unit {
+  int64_t b, g, c0;
+  int nl;  // valid lanes (channels of the group left)
+};
+
+Unit vector_unit(const ScanShape &s, int64_t bg, int64_t v) {
+  Unit u;
+  u.g = bg % s.groups;
+  u.b = bg / s.groups;
+  u.c0 = u.g * s.per_group + v * W;
+  u.nl = (int)imin(W, (u.g + 1) * s.per_group - u.c0);
+  return u;
+}
+
+int64_t num_vectors(const ScanShape &s) { return (s.per_group + W - 1) / W; }
+
+// dt = softplus(delta + bias) (or without softplus) over a (T, W) tile, in place; the
+// derivative of the activation goes to grad when grad != nullptr.
+void activate_delta(float *tile, float *grad, V bias, bool softplus, int64_t T) {
+  for (int64_t t = 0; t < T; ++t) {
+    const V x = vload(tile + t * W) + bias;
+    if (softplus) {
+      if (grad != nullptr) vstore(grad + t * W, vsoftplus_grad(x));
+      vstore(tile + t * W, vsoftplus(x));
+    } else {
+      vstore(tile + t * W, x);
+    }
+  }
+}
+
+// One token of the scan for the N states of a vector of lanes:
+// h_out[n] = exp(dt A[n]) h_in[n] + dt u B[n] (the decays also go to decay_out unless it is
+// nullptr; h_out may be h_in). Returns y = sum_n C[n] h_out[n] + D u, summed in four partial
+// sums (independent dependency chains).
+VSSM_INLINE V scan_token(int64_t N, V dtv, V uv, V Dv, const float *A2, const float *h_in,
+                         float *h_out, float *decay_out, const float *Bt, const float *Ct,
+                         int64_t L) {
+  const V du = dtv * uv;
+  auto state = [&](int64_t n) {
+    const V decay = vclamp_exp2(dtv * vload(A2 + n * W));
+    const V h = decay * vload(h_in + n * W) + du * Bt[n * L];
+    if (decay_out != nullptr) vstore(decay_out + n * W, decay);
+    vstore(h_out + n * W, h);
+    return h * Ct[n * L];
+  };
+  V y0 = V{}, y1 = V{}, y2 = V{}, y3 = V{};
+  for (int64_t q = 0; q < N / 4; ++q) {
+    y0 += state(4 * q);
+    y1 += state(4 * q + 1);
+    y2 += state(4 * q + 2);
+    y3 += state(4 * q + 3);
+  }
+  for (int64_t n = N / 4 * 4; n < N; ++n) y0 += state(n);
+  return (y0 + y1) + (y2 + y3) + Dv * uv;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward: one unit is (batch, group, vector v of W channels), all tokens.
+// ---------------------------------------------------------------------------------------------
+int64_t fwd_scratch(const ScanShape &s) { return (2 * s.dstate + 4 * kChunk) * W; }
+
+template <int NS>
+void fwd_unit_impl(const FwdArgs &a, int64_t unit, float *scratch) {
+  const ScanShape &s = a.s;
+  const int64_t N = NS > 0 ? NS : s.dstate, L = s.length;
+  const int64_t nvec = num_vectors(s);
+  const Unit un = vector_unit(s, unit / nvec, unit % nvec);
+  float *h = scratch, *A2 = h + N * W, *dt = A2 + N * W, *uu = dt + kChunk * W,
+        *yy = uu + kChunk * W, *zz = yy + kChunk * W;
+  load_lane_matrix(A2, a.A, un.c0, un.nl, N, kLog2e);
+  for (int64_t i = 0; i < N * W; ++i) h[i] = 0.0f;
+  const V Dv = load_lanes(a.D, un.c0, un.nl), bias = load_lanes(a.bias, un.c0, un.nl, s.ratio);
+  const float *Bg = a.B + (un.b * s.groups + un.g) * N * L;
+  const float *Cg = a.C + (un.b * s.groups + un.g) * N * L;
+  const int64_t row = (un.b * s.dim + un.c0) * L;
+  const float *delta_rows = a.delta + (un.b * s.dim_delta) * L;
+  for (int64_t k = 0; k < s.n_chunks; ++k) {
+    const int64_t t0 = k * kChunk, T = imin(kChunk, L - t0);
+    load_delta_tile(dt, delta_rows, s, un.c0, un.nl, t0, T);
+    load_tile(uu, a.u + row + t0, L, un.nl, T);
+    activate_delta(dt, nullptr, bias, a.softplus, T);
+    for (int64_t t = 0; t < T; ++t) {
+      vstore(yy + t * W, scan_token(N, vload(dt + t * W), vload(uu + t * W), Dv, A2, h, h,
+                                    nullptr, Bg + t0 + t, Cg + t0 + t, L));
+    }
+    if (a.z != nullptr) {
+      load_tile(zz, a.z + row + t0, L, un.nl, T);
+      for (int64_t t = 0; t < T; ++t) {
+        const V zv = vload(zz + t * W);
+        vstore(yy + t * W, vload(yy + t * W) * zv * vsigmoid(zv));
+      }
+    }
+    store_tile(a.out + row + t0, L, yy, un.nl, T);
+    for (int l = 0; l < un.nl; ++l) {
+      float *dst = a.states + ((un.b * s.dim + un.c0 + l) * s.n_chunks + k) * N;
+      for (int64_t n = 0; n < N; ++n) dst[n] = h[n * W + l];
+    }
+  }
+}
+
+void fwd_unit(const FwdArgs &a, int64_t unit, float *scratch) {
+  switch (a.s.dstate) {
+    case 1: return fwd_unit_impl<1>(a, unit, scratch);
+    case 16: return fwd_unit_impl<16>(a, unit, scratch);
+    default: return fwd_unit_impl<0>(a, unit, scratch);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward: one unit is (batch, group, vectors [v0, v0 + vectors_per_unit)), all tokens, so
+// that dB and dC of a chunk are summed over the unit's channels before they are stored.
+// ---------------------------------------------------------------------------------------------
+constexpr int kTiles = 10;  // per-token tiles of the backward
+
+int64_t bwd_scratch(const ScanShape &s, int64_t nv) {
+  const int64_t N = s.dstate;
+  return (4 * nv * N + 4 * nv + N + (kChunk + 1) * N + 3 * kChunk * N + kTiles * kChunk) * W;
+}
+
+template <int NS>
+void bwd_unit_impl(const BwdArgs &a, int64_t unit, float *scratch) {
+  const ScanShape &s = a.s;
+  const int64_t N = NS > 0 ? NS : s.dstate, L = s.length, K = kChunk;
+  const int64_t nvec = num_vectors(s);
+  const int64_t sub = unit % a.n_sub, bg = unit / a.n_sub;
+  const int64_t v0 = sub * a.vectors_per_unit, nv = imin(nvec, v0 + a.vectors_per_unit) - v0;
+  // Per vector of the unit, carried over chunks.
+  float *lam = scratch, *dA = lam + nv * N * W, *A2 = dA + nv * N * W, *Aw = A2 + nv * N * W;
+  float *Dw = Aw + nv * N * W, *biasw = Dw + nv * W, *dDw = biasw + nv * W, *dbw = dDw + nv * W;
+  // Per chunk. Sums over tokens are taken per chunk, then added to the totals (two-level
+  // summation keeps the rounding error of 70,000-token sums near that of 64-token ones).
+  float *dAc = dbw + nv * W;
+  float *H = dAc + N * W;  // (K + 1, N, W): H[0] the state before the chunk, H[t + 1] after t
+  float *decay = H + (K + 1) * N * W, *dBacc = decay + K * N * W, *dCacc = dBacc + K * N * W;
+  float *dt = dCacc + K * N * W, *sg = dt + K * W, *uu = sg + K * W, *dy = uu + K * W,
+        *go = dy + K * W, *zz = go + K * W, *zs = zz + K * W, *yy = zs + K * W,
+        *ddt = yy + K * W, *dut = ddt + K * W;
+
+  Unit first = vector_unit(s, bg, v0);
+  const int64_t b = first.b, g = first.g;
+  for (int64_t vi = 0; vi < nv; ++vi) {
+    const Unit un = vector_unit(s, bg, v0 + vi);
+    load_lane_matrix(A2 + vi * N * W, a.A, un.c0, un.nl, N, kLog2e);
+    load_lane_matrix(Aw + vi * N * W, a.A, un.c0, un.nl, N, 1.0f);
+    if (a.dlast != nullptr) {
+      load_lane_matrix(lam + vi * N * W, a.dlast + b * s.dim * N, un.c0, un.nl, N, 1.0f);
+    } else {
+      for (int64_t i = 0; i < N * W; ++i) lam[vi * N * W + i] = 0.0f;
+    }
+    for (int64_t i = 0; i < N * W; ++i) dA[vi * N * W + i] = 0.0f;
+    vstore(Dw + vi * W, load_lanes(a.D, un.c0, un.nl));
+    vstore(biasw + vi * W, load_lanes(a.bias, un.c0, un.nl, s.ratio));
+    vstore(dDw + vi * W, V{});
+    vstore(dbw + vi * W, V{});
+  }
+  const float *Bg = a.B + (b * s.groups + g) * N * L;
+  const float *Cg = a.C + (b * s.groups + g) * N * L;
+  const float *delta_rows = a.delta + (b * s.dim_delta) * L;
+
+  for (int64_t k = s.n_chunks - 1; k >= 0; --k) {
+    const int64_t t0 = k * K, T = imin(K, L - t0);
+    for (int64_t i = 0; i < T * N * W; ++i) dBacc[i] = dCacc[i] = 0.0f;
+    for (int64_t vi = 0; vi < nv; ++vi) {
+      const Unit un = vector_unit(s, bg, v0 + vi);
+      const int64_t row = (b * s.dim + un.c0) * L;
+      const float *A2v = A2 + vi * N * W, *Av = Aw + vi * N * W;
+      float *carry = lam + vi * N * W, *dAv = dAc;
+      for (int64_t i = 0; i < N * W; ++i) dAc[i] = 0.0f;
+      const V Dv = vload(Dw + vi * W);
+      load_delta_tile(dt, delta_rows, s, un.c0, un.nl, t0, T);
+      activate_delta(dt, sg, vload(biasw + vi * W), a.softplus, T);
+      load_tile(uu, a.u + row + t0, L, un.nl, T);
+      load_tile(go, a.dout + row + t0, L, un.nl, T);
+      if (a.z != nullptr) {
+        load_tile(zz, a.z + row + t0, L, un.nl, T);
+        for (int64_t t = 0; t < T; ++t) {
+          const V zv = vload(zz + t * W), sig = vsigmoid(zv);
+          vstore(zs + t * W, sig);
+          vstore(dy + t * W, vload(go + t * W) * zv * sig);
+        }
+      } else {
+        for (int64_t i = 0; i < T * W; ++i) dy[i] = go[i];
+      }
+      // The states of the chunk, from the state saved after the previous chunk.
+      for (int l = 0; l < W; ++l) {
+        const float *src = k > 0 && l < un.nl
+                               ? a.states + ((b * s.dim + un.c0 + l) * s.n_chunks + k - 1) * N
+                               : nullptr;
+        for (int64_t n = 0; n < N; ++n) H[n * W + l] = src != nullptr ? src[n] : 0.0f;
+      }
+      for (int64_t t = 0; t < T; ++t) {
+        vstore(yy + t * W, scan_token(N, vload(dt + t * W), vload(uu + t * W), Dv, A2v,
+                                      H + t * N * W, H + (t + 1) * N * W, decay + t * N * W,
+                                      Bg + t0 + t, Cg + t0 + t, L));
+      }
+      // The adjoint lam[t] = C[t] dy[t] + decay[t + 1] lam[t + 1], carried as decay * lam.
+      V dDv = V{}, dbv = V{};
+      for (int64_t t = T - 1; t >= 0; --t) {
+        const V dtv = vload(dt + t * W), uv = vload(uu + t * W), dyv = vload(dy + t * W);
+        const V du = dtv * uv;
+        const float *Bt = Bg + t0 + t, *Ct = Cg + t0 + t;
+        const float *hp = H + t * N * W, *hn = hp + N * W, *dc = decay + t * N * W;
+        float *dBt = dBacc + t * N * W, *dCt = dCacc + t * N * W;
+        // One state: adds lam B to lamB and lam A decay h[t-1] to ddA.
+        auto state = [&](int64_t n, V &lamB, V &ddA) {
+          const V an = vload(dc + n * W);
+          const V lm = vload(carry + n * W) + dyv * Ct[n * L];
+          vstore(dCt + n * W, vload(dCt + n * W) + dyv * vload(hn + n * W));
+          vstore(dBt + n * W, vload(dBt + n * W) + lm * du);
+          lamB += lm * Bt[n * L];
+          const V la = lm * (an * vload(hp + n * W));
+          ddA += la * vload(Av + n * W);
+          vstore(dAv + n * W, vload(dAv + n * W) + la * dtv);
+          vstore(carry + n * W, an * lm);
+        };
+        V lamB0 = V{}, lamB1 = V{}, ddA0 = V{}, ddA1 = V{};
+        for (int64_t q = 0; q < N / 2; ++q) {
+          state(2 * q, lamB0, ddA0);
+          state(2 * q + 1, lamB1, ddA1);
+        }
+        if (N % 2 != 0) state(N - 1, lamB0, ddA0);
+        const V lamBv = lamB0 + lamB1;
+        V ddtv = (ddA0 + ddA1) + uv * lamBv;
+        if (a.softplus) ddtv *= vload(sg + t * W);
+        dbv += ddtv;
+        dDv += dyv * uv;
+        vstore(ddt + t * W, ddtv);
+        vstore(dut + t * W, dtv * lamBv + Dv * dyv);
+        if (a.z != nullptr) {
+          const V zv = vload(zz + t * W), sig = vload(zs + t * W);
+          // d/dz [y z sigmoid(z)] = y sigmoid(z) (1 + z (1 - sigmoid(z)))
+          vstore(zz + t * W, vload(go + t * W) * vload(yy + t * W) * sig * (1.0f + zv * (1.0f - sig)));
+        }
+      }
+      vstore(dDw + vi * W, vload(dDw + vi * W) + dDv);
+      vstore(dbw + vi * W, vload(dbw + vi * W) + dbv);
+      for (int64_t i = 0; i < N * W; i += W)
+        vstore(dA + vi * N * W + i, vload(dA + vi * N * W + i) + vload(dAc + i));
+      store_tile(a.du + row + t0, L, dut, un.nl, T);
+      store_tile(a.ddelta_ch + row + t0, L, ddt, un.nl, T);
+      if (a.z != nullptr) store_tile(a.dz + row + t0, L, zz, un.nl, T);
+    }
+    // dB, dC of the chunk summed over the unit's channels.
+    float *dBg = a.dB_part + ((sub * s.batch + b) * s.groups + g) * N * L + t0;
+    float *dCg = a.dC_part + ((sub * s.batch + b) * s.groups + g) * N * L + t0;
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t n = 0; n < N; ++n) {
+        dBg[n * L + t] = hsum(vload(dBacc + (t * N + n) * W));
+        dCg[n * L + t] = hsum(vload(dCacc + (t * N + n) * W));
+      }
+  }
+  for (int64_t vi = 0; vi < nv; ++vi) {
+    const Unit un = vector_unit(s, bg, v0 + vi);
+    for (int l = 0; l < un.nl; ++l) {
+      const int64_t c = b * s.dim + un.c0 + l;
+      for (int64_t n = 0; n < N; ++n) a.dA_part[c * N + n] = dA[(vi * N + n) * W + l];
+      a.dD_part[c] = dDw[vi * W + l];
+      a.dbias_part[c] = dbw[vi * W + l];
+    }
+  }
+}
+
+void bwd_unit(const BwdArgs &a, int64_t unit, float *scratch) {
+  switch (a.s.dstate) {
+    case 1: return bwd_unit_impl<1>(a, unit, scratch);
+    case 16: return bwd_unit_impl<16>(a, unit, scratch);
+    default: return bwd_unit_impl<0>(a, unit, scratch);
+  }
+}
+
+}  // namespace
+
+const Kernels *kernels() {
+  static const Kernels k{VSSM_ISA_NAME, W, fwd_scratch, bwd_scratch, fwd_unit, bwd_unit};
+  return &k;
+}
+
+}  // namespace VSSM_ISA
+}  // namespace vssm_cpu

@@ -1,0 +1,305 @@
+// Python bindings of the CPU selective-scan kernels (`vssm_mm._C_cpu`): checks, fp32 staging,
+// allocation, the instruction-set choice, at::parallel_for over work units, and the
+// reductions over batch, sub-blocks and delta groups (each in a fixed order, so results do not
+// depend on the number of threads). The calling convention is in docs/selective_scan.md.
+#include <torch/extension.h>
+
+#include <ATen/Parallel.h>
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "scan_cpu.h"
+
+namespace vssm_cpu {
+namespace {
+
+using at::Tensor;
+using OptTensor = std::optional<Tensor>;
+
+// Below this many units per thread, parallel_for would not split (grain size of one unit).
+constexpr int64_t kMinBackwardUnits = 16;
+
+bool cpu_has(const char *feature) {
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+  __builtin_cpu_init();
+  if (std::string(feature) == "avx2") return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  if (std::string(feature) == "avx512")
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq");
+#endif
+  return std::string(feature) == "base";
+}
+
+// The instruction sets compiled in and supported by this CPU, best first.
+std::vector<const Kernels *> usable_kernels() {
+  std::vector<const Kernels *> found;
+  if (kernels_avx512() != nullptr && cpu_has("avx512")) found.push_back(kernels_avx512());
+  if (kernels_avx2() != nullptr && cpu_has("avx2")) found.push_back(kernels_avx2());
+  found.push_back(kernels_base());
+  return found;
+}
+
+const Kernels *&active_kernels() {
+  static const Kernels *active = usable_kernels().front();
+  return active;
+}
+
+std::vector<std::string> available_isas() {
+  std::vector<std::string> names;
+  for (const Kernels *k : usable_kernels()) names.emplace_back(k->name);
+  return names;
+}
+
+std::string isa() { return active_kernels()->name; }
+
+void set_isa(const std::string &name) {
+  for (const Kernels *k : usable_kernels())
+    if (name == k->name || (name.empty() && k == usable_kernels().front())) {
+      active_kernels() = k;
+      return;
+    }
+  TORCH_CHECK(false, "selective_scan (cpu): instruction set '", name,
+              "' is not available here; available: ", available_isas());
+}
+
+Tensor f32(const Tensor &t) { return t.to(at::kFloat).contiguous(); }
+OptTensor f32(const OptTensor &t) { return t ? OptTensor(f32(*t)) : std::nullopt; }
+const float *ptr(const OptTensor &t) { return t ? t->data_ptr<float>() : nullptr; }
+
+void check_cpu(const Tensor &t, const char *name) {
+  TORCH_CHECK(t.device().is_cpu(), "selective_scan (cpu): ", name, " must be a CPU tensor, got ",
+              t.device(), "; use backend='cuda' or 'triton' for GPU tensors");
+  TORCH_CHECK(at::isFloatingType(t.scalar_type()) && t.scalar_type() != at::kDouble,
+              "selective_scan (cpu): ", name, " must be float32, float16 or bfloat16, got ",
+              t.scalar_type(), "; float64 runs on backend='reference'");
+}
+
+ScanShape check_inputs(const Tensor &u, const Tensor &delta, const Tensor &A, const Tensor &B,
+                       const Tensor &C, const OptTensor &D, const OptTensor &z,
+                       const OptTensor &delta_bias) {
+  for (const auto &item : {std::make_pair(&u, "u"), std::make_pair(&delta, "delta"),
+                           std::make_pair(&A, "A"), std::make_pair(&B, "B"),
+                           std::make_pair(&C, "C")})
+    check_cpu(*item.first, item.second);
+  for (const auto &item : {std::make_pair(&D, "D"), std::make_pair(&z, "z"),
+                           std::make_pair(&delta_bias, "delta_bias")})
+    if (*item.first) check_cpu(**item.first, item.second);
+  TORCH_CHECK(u.dim() == 3, "selective_scan (cpu): u must be (batch, dim, L), got ", u.sizes());
+  ScanShape s;
+  s.batch = u.size(0);
+  s.dim = u.size(1);
+  s.length = u.size(2);
+  TORCH_CHECK(s.batch > 0 && s.dim > 0 && s.length > 0, "selective_scan (cpu): empty input ",
+              u.sizes());
+  TORCH_CHECK(delta.dim() == 3 && delta.size(0) == s.batch && delta.size(2) == s.length &&
+                  delta.size(1) > 0 && s.dim % delta.size(1) == 0,
+              "selective_scan (cpu): delta must be (batch, dim / r, L), got ", delta.sizes());
+  s.dim_delta = delta.size(1);
+  s.ratio = s.dim / s.dim_delta;
+  TORCH_CHECK(A.dim() == 2 && A.size(0) == s.dim, "selective_scan (cpu): A must be (dim, N), got ",
+              A.sizes());
+  s.dstate = A.size(1);
+  TORCH_CHECK(s.dstate >= 1 && s.dstate <= kMaxDState, "selective_scan (cpu): N = ", s.dstate,
+              " is outside 1..", kMaxDState);
+  for (const auto &item : {std::make_pair(&B, "B"), std::make_pair(&C, "C")}) {
+    const Tensor &t = *item.first;
+    TORCH_CHECK(t.dim() == 4 && t.size(0) == s.batch && t.size(2) == s.dstate &&
+                    t.size(3) == s.length && t.size(1) > 0 && s.dim % t.size(1) == 0,
+                "selective_scan (cpu): ", item.second, " must be (batch, G, N, L), got ",
+                t.sizes());
+  }
+  TORCH_CHECK(B.size(1) == C.size(1), "selective_scan (cpu): B and C need the same groups");
+  s.groups = B.size(1);
+  s.per_group = s.dim / s.groups;
+  TORCH_CHECK(!D || D->numel() == s.dim, "selective_scan (cpu): D must be (dim,)");
+  TORCH_CHECK(!z || z->sizes() == u.sizes(), "selective_scan (cpu): z must have u's shape");
+  TORCH_CHECK(!delta_bias || delta_bias->numel() == s.dim_delta,
+              "selective_scan (cpu): delta_bias must be (dim / r,)");
+  s.n_chunks = (s.length + kChunk - 1) / kChunk;
+  return s;
+}
+
+int64_t num_vectors(const ScanShape &s, const Kernels *k) {
+  return (s.per_group + k->lanes - 1) / k->lanes;
+}
+
+// The inputs in fp32, contiguous (no copy for fp32 contiguous tensors).
+struct Inputs {
+  Tensor u, delta, A, B, C;
+  OptTensor D, z, bias;
+  Inputs(const Tensor &u_, const Tensor &delta_, const Tensor &A_, const Tensor &B_,
+         const Tensor &C_, const OptTensor &D_, const OptTensor &z_, const OptTensor &bias_)
+      : u(f32(u_)), delta(f32(delta_)), A(f32(A_)), B(f32(B_)), C(f32(C_)), D(f32(D_)),
+        z(f32(z_)), bias(f32(bias_)) {}
+
+  template <typename Args>
+  void fill(Args &a) const {
+    a.u = u.data_ptr<float>();
+    a.delta = delta.data_ptr<float>();
+    a.A = A.data_ptr<float>();
+    a.B = B.data_ptr<float>();
+    a.C = C.data_ptr<float>();
+    a.D = ptr(D);
+    a.z = ptr(z);
+    a.bias = ptr(bias);
+  }
+};
+
+template <typename Args, typename Fn>
+void run_units(int64_t n_units, int64_t scratch_floats, const Args &args, Fn unit_fn) {
+  at::parallel_for(0, n_units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> scratch(scratch_floats);
+    for (int64_t unit = begin; unit < end; ++unit) unit_fn(args, unit, scratch.data());
+  });
+}
+
+std::vector<Tensor> selective_scan_fwd(const Tensor &u, const Tensor &delta, const Tensor &A,
+                                       const Tensor &B, const Tensor &C, const OptTensor &D,
+                                       const OptTensor &z, const OptTensor &delta_bias,
+                                       bool delta_softplus, bool out_float32) {
+  const ScanShape s = check_inputs(u, delta, A, B, C, D, z, delta_bias);
+  const Kernels *k = active_kernels();
+  const Inputs in(u, delta, A, B, C, D, z, delta_bias);
+  const auto options = u.options().dtype(at::kFloat);
+  Tensor out = at::empty({s.batch, s.dim, s.length}, options);
+  Tensor states = at::empty({s.batch, s.dim, s.n_chunks, s.dstate}, options);
+  FwdArgs a;
+  a.s = s;
+  a.softplus = delta_softplus;
+  in.fill(a);
+  a.out = out.data_ptr<float>();
+  a.states = states.data_ptr<float>();
+  run_units(s.batch * s.groups * num_vectors(s, k), k->fwd_scratch(s), a, k->fwd_unit);
+  if (!out_float32 && u.scalar_type() != at::kFloat) out = out.to(u.scalar_type());
+  return {out, states};
+}
+
+// sum over the leading dimension of a contiguous (parts, rest) fp32 tensor, in order.
+Tensor sum_parts(const Tensor &parts) {
+  if (parts.size(0) == 1) return parts[0];
+  Tensor total = at::empty(parts.sizes().slice(1), parts.options());
+  const int64_t n = total.numel(), count = parts.size(0);
+  const float *src = parts.data_ptr<float>();
+  float *dst = total.data_ptr<float>();
+  at::parallel_for(0, n, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      float acc = 0.0f;
+      for (int64_t p = 0; p < count; ++p) acc += src[p * n + i];
+      dst[i] = acc;
+    }
+  });
+  return total;
+}
+
+// (outer, r, inner) -> (outer, inner) summed over r in order.
+Tensor sum_middle(const Tensor &x, int64_t outer, int64_t r, int64_t inner) {
+  if (r == 1) return x.view({outer, inner});
+  Tensor total = at::empty({outer, inner}, x.options());
+  const float *src = x.data_ptr<float>();
+  float *dst = total.data_ptr<float>();
+  at::parallel_for(0, outer * inner, 4096, [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const int64_t o = i / inner, j = i % inner;
+      float acc = 0.0f;
+      for (int64_t p = 0; p < r; ++p) acc += src[(o * r + p) * inner + j];
+      dst[i] = acc;
+    }
+  });
+  return total;
+}
+
+Tensor like(const Tensor &grad, const Tensor &input) {
+  return grad.scalar_type() == input.scalar_type() ? grad : grad.to(input.scalar_type());
+}
+
+std::vector<OptTensor> selective_scan_bwd(const Tensor &u, const Tensor &delta, const Tensor &A,
+                                          const Tensor &B, const Tensor &C, const OptTensor &D,
+                                          const OptTensor &z, const OptTensor &delta_bias,
+                                          const Tensor &dout, const OptTensor &dlast_state,
+                                          const Tensor &states, bool delta_softplus) {
+  const ScanShape s = check_inputs(u, delta, A, B, C, D, z, delta_bias);
+  TORCH_CHECK(dout.sizes() == u.sizes(), "selective_scan (cpu): dout must have u's shape");
+  TORCH_CHECK(states.dim() == 4 && states.size(0) == s.batch && states.size(1) == s.dim &&
+                  states.size(2) == s.n_chunks && states.size(3) == s.dstate &&
+                  states.scalar_type() == at::kFloat,
+              "selective_scan (cpu): states must be the forward's (batch, dim, n_chunks, N) "
+              "float32 tensor, got ",
+              states.sizes());
+  TORCH_CHECK(!dlast_state || dlast_state->numel() == s.batch * s.dim * s.dstate,
+              "selective_scan (cpu): dlast_state must be (batch, dim, N)");
+  const Kernels *k = active_kernels();
+  const Inputs in(u, delta, A, B, C, D, z, delta_bias);
+  const Tensor dout32 = f32(dout), states32 = states.contiguous();
+  const OptTensor dlast32 = f32(dlast_state);
+  // Backward units: (batch, group, sub-block of vectors); enough of them for the threads, but a
+  // number that depends on the shape only, so that sums do not depend on the thread count.
+  const int64_t nvec = num_vectors(s, k);
+  int64_t n_sub = std::min(nvec, (kMinBackwardUnits + s.batch * s.groups - 1) /
+                                     (s.batch * s.groups));
+  const int64_t per_unit = (nvec + n_sub - 1) / n_sub;
+  n_sub = (nvec + per_unit - 1) / per_unit;
+
+  const auto options = u.options().dtype(at::kFloat);
+  Tensor du = at::empty({s.batch, s.dim, s.length}, options);
+  Tensor ddelta_ch = at::empty({s.batch, s.dim, s.length}, options);
+  Tensor dz = z ? at::empty({s.batch, s.dim, s.length}, options) : Tensor();
+  Tensor dA_part = at::empty({s.batch, s.dim, s.dstate}, options);
+  Tensor dD_part = at::empty({s.batch, s.dim}, options);
+  Tensor dbias_part = at::empty({s.batch, s.dim}, options);
+  Tensor dB_part = at::empty({n_sub, s.batch, s.groups, s.dstate, s.length}, options);
+  Tensor dC_part = at::empty({n_sub, s.batch, s.groups, s.dstate, s.length}, options);
+
+  BwdArgs a;
+  a.s = s;
+  a.softplus = delta_softplus;
+  in.fill(a);
+  a.dout = dout32.data_ptr<float>();
+  a.dlast = ptr(dlast32);
+  a.states = states32.data_ptr<float>();
+  a.du = du.data_ptr<float>();
+  a.ddelta_ch = ddelta_ch.data_ptr<float>();
+  a.dz = z ? dz.data_ptr<float>() : nullptr;
+  a.dA_part = dA_part.data_ptr<float>();
+  a.dD_part = dD_part.data_ptr<float>();
+  a.dbias_part = dbias_part.data_ptr<float>();
+  a.dB_part = dB_part.data_ptr<float>();
+  a.dC_part = dC_part.data_ptr<float>();
+  a.vectors_per_unit = per_unit;
+  a.n_sub = n_sub;
+  run_units(s.batch * s.groups * n_sub, k->bwd_scratch(s, per_unit), a, k->bwd_unit);
+
+  const Tensor dA = sum_parts(dA_part).view(A.sizes());
+  const Tensor dB = sum_parts(dB_part), dC = sum_parts(dC_part);
+  const Tensor ddelta = sum_middle(ddelta_ch, s.batch * s.dim_delta, s.ratio, s.length);
+  std::vector<OptTensor> grads{like(du, u), like(ddelta.view(delta.sizes()), delta), like(dA, A),
+                               like(dB.view(B.sizes()), B), like(dC.view(C.sizes()), C),
+                               std::nullopt, std::nullopt, std::nullopt};
+  if (D) grads[5] = like(sum_parts(dD_part).view(D->sizes()), *D);
+  if (z) grads[6] = like(dz, *z);
+  if (delta_bias) {
+    const Tensor per_channel = sum_parts(dbias_part);  // (dim,)
+    grads[7] = like(sum_middle(per_channel, s.dim_delta, s.ratio, 1).view(delta_bias->sizes()),
+                    *delta_bias);
+  }
+  return grads;
+}
+
+}  // namespace
+}  // namespace vssm_cpu
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "Selective scan (Mamba-1 S6) for CPU tensors; see docs/selective_scan.md";
+  m.def("selective_scan_fwd", &vssm_cpu::selective_scan_fwd,
+        "(u, delta, A, B, C, D, z, delta_bias, delta_softplus, out_float32) -> [out, states]");
+  m.def("selective_scan_bwd", &vssm_cpu::selective_scan_bwd,
+        "(u, delta, A, B, C, D, z, delta_bias, dout, dlast_state, states, delta_softplus) -> "
+        "[du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]");
+  m.def("chunk_length", []() { return vssm_cpu::kChunk; },
+        "tokens per saved state (states has ceil(L / chunk_length()) chunks)");
+  m.def("isa", &vssm_cpu::isa, "the instruction set the kernels run with");
+  m.def("available_isas", &vssm_cpu::available_isas,
+        "instruction sets compiled in and supported by this CPU, best first");
+  m.def("set_isa", &vssm_cpu::set_isa, "use the named instruction set ('' = the best)");
+}
