@@ -12,10 +12,12 @@ def _rand_augment(config):
 
 def _magnitude_at(policy, level):
     """The magnitude one policy of the RandAugment gets at ``level`` (no noise)."""
+    from mmengine.registry import DefaultScope
     from mmpretrain.registry import TRANSFORMS
     policy = dict(policy, magnitude_level=level, magnitude_std=0, total_level=10)
-    transform = TRANSFORMS.build(policy)  # random_magnitude holds it by a weak reference
-    return transform.random_magnitude()
+    with DefaultScope.overwrite_default_scope('mmpretrain'):
+        transform = TRANSFORMS.build(policy)  # random_magnitude holds it by a weak reference
+        return transform.random_magnitude()
 
 
 # timm's original ('rand-m9-mstd0.5', no '-inc1') level -> argument mapping, for level in [0, 10].
@@ -32,8 +34,9 @@ TIMM_ORIGINAL = {
 
 
 @pytest.mark.parametrize('config', ['configs/localmamba/localvim_tiny_in1k.py',
-                                    'configs/localmamba/localvmamba_tiny_in1k.py'])
-def test_localmamba_rand_augment_is_timms_original_mapping(config):
+                                    'configs/localmamba/localvmamba_tiny_in1k.py',
+                                    'configs/efficientvmamba/tiny_in1k.py'])
+def test_rand_augment_is_timms_original_mapping(config):
     if not has_mm_stack('mmpretrain'):
         pytest.skip('mmpretrain is not installed')
     import math
@@ -43,7 +46,7 @@ def test_localmamba_rand_augment_is_timms_original_mapping(config):
     policies = {p['type']: p for p in augment['policies']}
     assert len(augment['policies']) == 15
     for name, timm_value in TIMM_ORIGINAL.items():
-        for level in (1.3, 5.1, 8.6, 9.0, 9.7):  # not where level * 0.4 is whole
+        for level in (1.3, 5.0, 8.6, 9.0, 9.7, 10.0):
             ours = _magnitude_at(policies[name], level)
             if name == 'Posterize':
                 ours = math.ceil(ours)  # what mmpretrain's Posterize applies

@@ -33,9 +33,9 @@ from .base import VSSMBackboneMixin
 class MultiScaleSSM(nn.Module):
     """Depthwise convs of the two branches, the multi-scale scan and one :class:`SelectiveSSM`.
 
-    Direction 0 of ``ssm`` is the full-resolution sequence, direction 1 the low-resolution one.
-    Both are right-padded to a common length and scanned in one call (the scan is causal, so
-    the padding changes nothing before it).
+    Direction 0 of ``ssm`` is the full-resolution sequence, direction 1 the low-resolution one,
+    each scanned at its own length (padding the shorter one to a common length would scan 14%
+    more tokens, and count them).
 
     Args:
         channels (int): ``d_inner``.
@@ -53,11 +53,9 @@ class MultiScaleSSM(nn.Module):
         """``(B, d, H, W)`` -> (full-res output ``(B, d, H*W)``, low-res output, low size)."""
         x_low = F.silu(self.conv_low(x))
         seq_full, seq_low = multiscale_scan(F.silu(self.conv_full(x)), x_low)
-        length = max(seq_full.shape[-1], seq_low.shape[-1])
-        seqs = torch.stack([F.pad(seq_full, (0, length - seq_full.shape[-1])),
-                            F.pad(seq_low, (0, length - seq_low.shape[-1]))], dim=1)
-        ys = self.ssm(seqs)
-        return ys[:, 0, :, :seq_full.shape[-1]], ys[:, 1, :, :seq_low.shape[-1]], x_low.shape[2:]
+        y_full = self.ssm(seq_full.unsqueeze(1), directions=slice(0, 1))[:, 0]
+        y_low = self.ssm(seq_low.unsqueeze(1), directions=slice(1, 2))[:, 0]
+        return y_full, y_low, x_low.shape[2:]
 
 
 def _ssm_args(dim: int, ssm_ratio: float, d_state: int):

@@ -83,21 +83,30 @@ class SelectiveSSM(nn.Module):
             self.A_log.shape[0], 1))
         self.D.fill_(1.0)
 
-    def forward(self, xs: torch.Tensor, z: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Scan ``K`` sequences.
+    def forward(self, xs: torch.Tensor, z: Optional[torch.Tensor] = None,
+                directions: Optional[slice] = None) -> torch.Tensor:
+        """Scan ``K`` sequences (or those of ``directions``).
 
         Args:
             xs: ``(B, K, d, L)``, one sequence per direction / group, in scan order.
             z: Optional ``(B, K * d, L)`` gate: the output is multiplied by ``silu(z)``.
+            directions: Scan only these directions (a slice of the ``K``; ``xs`` then holds
+                that many sequences). For directions whose sequences differ in length, which
+                would otherwise have to be padded to a common length and scanned in full.
 
         Returns:
             ``(B, K, d, L)`` in float32 (float64 for float64 inputs).
         """
-        if tuple(xs.shape[1:3]) != (self.num_directions, self.d_inner):
-            raise ValueError(f'SelectiveSSM expects (B, {self.num_directions}, {self.d_inner}, L) '
+        first, stop, step = (directions or slice(None)).indices(self.num_directions)
+        if step != 1:
+            raise ValueError(f'directions must be a contiguous slice, got {directions}')
+        if tuple(xs.shape[1:3]) != (stop - first, self.d_inner):
+            raise ValueError(f'SelectiveSSM expects (B, {stop - first}, {self.d_inner}, L) '
                              f'sequences, got {tuple(xs.shape)}')
-        return scan_sequences(xs, self.x_proj_weight, self.dt_proj_weight, self.dt_proj_bias,
-                              self.A_log, self.D, z)
+        d = self.d_inner
+        return scan_sequences(xs, self.x_proj_weight[first:stop],
+                              self.dt_proj_weight[first:stop], self.dt_proj_bias[first:stop],
+                              self.A_log[first * d:stop * d], self.D[first * d:stop * d], z)
 
     def extra_repr(self) -> str:
         return (f'num_directions={self.num_directions}, d_inner={self.d_inner}, '

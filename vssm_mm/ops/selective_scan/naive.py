@@ -6,17 +6,8 @@ from .common import (compute_dtype, delta_pre_activation,
                      expand_delta_groups)
 
 
-def selective_scan_naive(u,
-                         delta,
-                         A,
-                         B,
-                         C,
-                         D=None,
-                         z=None,
-                         delta_bias=None,
-                         delta_softplus=False,
-                         out_float32=False,
-                         return_last_state=False):
+def selective_scan_naive(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                         out_float32=False, return_last_state=False):
     """Token-by-token selective scan, differentiated by autograd.
 
     Same arguments and result as :func:`vssm_mm.ops.selective_scan.selective_scan`

@@ -28,17 +28,8 @@ def _empty(x, dtype=None):
     return x.new_empty(x.shape, dtype=dtype or x.dtype)
 
 
-def scan_forward(u,
-                 delta,
-                 A,
-                 B,
-                 C,
-                 D=None,
-                 z=None,
-                 delta_bias=None,
-                 delta_softplus=False,
-                 out_float32=False,
-                 chunk_elements=None):
+def scan_forward(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=False,
+                 out_float32=False, chunk_elements=None):
     """Forward pass of the reference backend.
 
     Args: as :func:`vssm_mm.ops.selective_scan.selective_scan`, with B and C
