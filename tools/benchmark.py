@@ -21,7 +21,6 @@ import time
 import warnings
 
 warnings.filterwarnings('ignore')
-sys.path.insert(0, osp.dirname(osp.abspath(__file__)))
 
 DEFAULT_SHAPES = {'mmpretrain': (224, 224), 'mmdet': (800, 1280), 'mmseg': (512, 512)}
 
@@ -170,7 +169,7 @@ def main(argv=None):
     from mmengine.registry import init_default_scope
 
     import vssm_mm  # noqa: F401
-    from get_flops import build_model
+    from vssm_mm.analysis.build import build_model
     if not osp.isfile(args.config):
         sys.exit(f'config not found: {args.config}')
     if args.device.startswith('cuda') and not torch.cuda.is_available():

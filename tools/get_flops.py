@@ -57,31 +57,6 @@ def all_configs(family=None, task=None):
     return configs
 
 
-def _scope_of(cfg):
-    scope = cfg.get('default_scope')
-    if scope not in DEFAULT_SHAPES:
-        raise ValueError(f'cannot tell the task of this config (default_scope={scope!r}); '
-                         'expected an mmpretrain, mmdet or mmseg config')
-    return scope
-
-
-def build_model(cfg):
-    """The config's model on CPU, eval mode, without loading any checkpoint."""
-    import importlib
-
-    from mmengine.model import revert_sync_batchnorm
-    from mmengine.registry import init_default_scope
-    scope = _scope_of(cfg)
-    if cfg.model.get('backbone', {}).get('init_cfg') is not None:
-        cfg.model.backbone.init_cfg = None
-    cfg.model.pop('pretrained', None)
-    init_default_scope(scope)
-    if cfg.get('data_preprocessor') is not None:
-        cfg.model.setdefault('data_preprocessor', cfg.data_preprocessor)
-    model = importlib.import_module(f'{scope}.registry').MODELS.build(cfg.model)
-    return revert_sync_batchnorm(model).eval(), scope
-
-
 class _ShapeOnlyRoIExtractors:
     """RoI extractors return zeros of their output shape while active.
 
@@ -146,6 +121,7 @@ def analyse(config, shape=None):
 
     import vssm_mm  # noqa: F401
     from vssm_mm.analysis import model_complexity
+    from vssm_mm.analysis.build import build_model
     start = time.perf_counter()
     cfg = Config.fromfile(config)
     model, scope = build_model(cfg)
