@@ -195,9 +195,11 @@ def test_legacy_tar_format_is_refused(tmp_path):
         safe_load(path)
 
 
-@pytest.mark.parametrize('content', [b'', b'\x00' * 64, os.urandom(4096),
-                                     b'PK\x03\x04' + os.urandom(512)],
-                         ids=['empty', 'zeros', 'random', 'broken-zip'])
+@pytest.mark.parametrize('content', [b'', b'\x00' * 64] +
+                         [__import__('random').Random(seed).randbytes(4096) for seed in range(8)] +
+                         [b'PK\x03\x04' + __import__('random').Random(0).randbytes(512)],
+                         ids=['empty', 'zeros'] + [f'random{seed}' for seed in range(8)] +
+                         ['broken-zip'])
 def test_empty_random_and_damaged_files_name_the_file(tmp_path, content):
     from vssm_mm.checkpoint import CorruptCheckpointError
     path = tmp_path / 'bad.pth'

@@ -311,7 +311,8 @@ def safe_load(filename, map_location: Any = 'cpu', trust: Optional[bool] = None)
         except UnsafeCheckpointError:
             raise
         except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError,
-                KeyError, IndexError, AttributeError) as err:
+                KeyError, IndexError, AttributeError, MemoryError, OverflowError) as err:
+            # Random bytes can read as a pickle opcode that asks for gigabytes: MemoryError.
             raise CorruptCheckpointError(
                 f"cannot load '{name}': it is not a PyTorch checkpoint, or it is truncated or "
                 f'damaged ({type(err).__name__}: {str(err)[:200]}). Check that the path names '
