@@ -22,6 +22,7 @@ struct FwdArgs {
   ScanShape s;
   bool softplus;
   const float *u, *delta, *A, *B, *C, *D, *z, *bias;  // (b,dim,L) (b,dim_delta,L) (dim,N) (b,G,N,L)
+  const float *Bt, *Ct;  // (b, G, L, N) copies of B and C for the row kernels, else nullptr
   float *out;                                          // (b, dim, L), gated by silu(z)
   float *states;                                       // (b, dim, n_chunks, N): state after each chunk
 };
@@ -31,17 +32,23 @@ struct BwdArgs {
   bool softplus;
   const float *u, *delta, *A, *B, *C, *D, *z, *bias;
   const float *dout;    // (b, dim, L) gradient of the gated output
+  const float *Bt, *Ct;  // (b, G, L, N) copies of B and C for the row kernels, else nullptr
   const float *dlast;   // (b, dim, N) gradient of the last state, or nullptr
   const float *states;  // as written by the forward
   float *du, *ddelta_ch, *dz;            // (b, dim, L); ddelta per channel of u (before delta groups)
   float *dA_part;                        // (b, dim, N) summed over tokens
   float *dD_part, *dbias_part;           // (b, dim) summed over tokens
-  float *dB_part, *dC_part;              // (n_sub, b, G, N, L) summed over a unit's channels
-  int64_t vectors_per_unit, n_sub;
+  float *dB_part, *dC_part;  // (n_sub, b, G, N, L) summed over a unit's channels; the row
+                             // kernels write (n_sub, b, G, L, N)
+  int64_t vectors_per_unit;  // lane kernels: vectors of W channels per unit; row kernels: channels
+  int64_t n_sub;
 };
 
-// One instruction set's kernels. A forward unit is (batch, group, one vector of lanes() channels);
-// a backward unit is (batch, group, sub-block of vectors_per_unit vectors).
+// One instruction set's kernels. Lane kernels (any N; a vector holds lanes channels): a forward
+// unit is (batch, group, one vector of channels), a backward unit is (batch, group, sub-block of
+// vectors_per_unit vectors). Row kernels (N a multiple of lanes; a vector holds lanes states of
+// one channel; nullptr where not compiled in): a forward unit is one (batch, channel) row, a
+// backward unit (batch, group, sub-block of vectors_per_unit channels).
 struct Kernels {
   const char *name;
   int lanes;
@@ -49,6 +56,10 @@ struct Kernels {
   int64_t (*bwd_scratch)(const ScanShape &, int64_t vectors_per_unit);
   void (*fwd_unit)(const FwdArgs &, int64_t unit, float *scratch);
   void (*bwd_unit)(const BwdArgs &, int64_t unit, float *scratch);
+  int64_t (*fwd_row_scratch)(const ScanShape &);
+  int64_t (*bwd_row_scratch)(const ScanShape &, int64_t rows_per_unit);
+  void (*fwd_row)(const FwdArgs &, int64_t unit, float *scratch);
+  void (*bwd_row)(const BwdArgs &, int64_t unit, float *scratch);
 };
 
 // nullptr when the instruction set was not compiled in (the CPU is checked by the caller).

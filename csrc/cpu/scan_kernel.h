@@ -33,6 +33,7 @@ namespace {
 constexpr int W = VSSM_LANES;
 typedef float V __attribute__((vector_size(4 * W)));
 typedef int32_t VI __attribute__((vector_size(4 * W)));
+typedef uint32_t VU __attribute__((vector_size(4 * W)));
 
 #define VSSM_INLINE inline __attribute__((always_inline))
 
@@ -49,7 +50,15 @@ VSSM_INLINE V vload(const float *p) {
   return v;
 }
 VSSM_INLINE void vstore(float *p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
-VSSM_INLINE V vset(float s) { return V{} + s; }
+// A broadcast (for AVX2 one instruction: V{} + s makes the compiler add 0.0 first, which
+// changes -0.0, and a loop over lanes becomes one insert per lane).
+VSSM_INLINE V vset(float s) {
+#if defined(VSSM_AVX2)
+  return (V)_mm256_set1_ps(s);
+#else
+  return V{} + s;
+#endif
+}
 VSSM_INLINE V vselect(VI mask, V a, V b) { return mask ? a : b; }
 // max/min with x86's rule (the second operand when either is NaN): one instruction where known.
 VSSM_INLINE V vmax(V a, V b) {
@@ -87,6 +96,16 @@ VSSM_INLINE V exp2_poly(V f) {
   return p * f + 1.0f;
 }
 
+// 2^x for x in [kMinExp2, kMaxExp2] (other x give wrong results: callers clamp or check).
+VSSM_INLINE V exp2_in_range(V x) {
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer k
+  const V t = x + magic;
+  const V p = exp2_poly(x - (t - magic));
+  // The bits of t are 0x4B400000 + k; shifted by 23 only k << 23 is left (0x4B400000 << 23 is
+  // 0 modulo 2^32), which adds k to the exponent of p.
+  return (V)((VU)p + ((VU)t << 23));
+}
+
 VSSM_INLINE V vclamp_exp2(V x) {
 #if defined(VSSM_AVX512)
   // scalef multiplies by 2^k without exponent arithmetic (large x give inf instead of the
@@ -95,12 +114,7 @@ VSSM_INLINE V vclamp_exp2(V x) {
   const __m512 k = _mm512_roundscale_ps((__m512)x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return (V)_mm512_scalef_ps((__m512)exp2_poly(x - (V)k), k);
 #else
-  x = vmin(vmax(x, vset(kMinExp2)), vset(kMaxExp2));
-  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer
-  const V t = x + magic;
-  const V p = exp2_poly(x - (t - magic));
-  const VI e = ((VI)t - 0x4B400000) << 23;
-  return (V)((VI)p + e);
+  return exp2_in_range(vmin(vmax(x, vset(kMinExp2)), vset(kMaxExp2)));
 #endif
 }
 
@@ -481,10 +495,20 @@ void bwd_unit(const BwdArgs &a, int64_t unit, float *scratch) {
   }
 }
 
+#if defined(VSSM_ROW_KERNELS)
+#include "scan_kernel_rows.h"
+#endif
+
 }  // namespace
 
 const Kernels *kernels() {
-  static const Kernels k{VSSM_ISA_NAME, W, fwd_scratch, bwd_scratch, fwd_unit, bwd_unit};
+#if defined(VSSM_ROW_KERNELS)
+  static const Kernels k{VSSM_ISA_NAME, W,       fwd_scratch,     bwd_scratch, fwd_unit,
+                         bwd_unit,      fwd_row_scratch, bwd_row_scratch, fwd_row,  bwd_row};
+#else
+  static const Kernels k{VSSM_ISA_NAME, W,       fwd_scratch, bwd_scratch, fwd_unit,
+                         bwd_unit,      nullptr, nullptr,     nullptr,     nullptr};
+#endif
   return &k;
 }
 

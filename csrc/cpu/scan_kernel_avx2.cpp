@@ -10,6 +10,7 @@
 #define VSSM_ISA avx2
 #define VSSM_ISA_NAME "avx2"
 #define VSSM_LANES 8
+#define VSSM_ROW_KERNELS 1
 #define VSSM_AVX2 1
 #include "scan_kernel.h"
 #if defined(__clang__)

@@ -2,6 +2,7 @@
 #define VSSM_ISA base
 #define VSSM_ISA_NAME "base"
 #define VSSM_LANES 8
+#define VSSM_ROW_KERNELS 1
 #include "scan_kernel.h"
 
 namespace vssm_cpu {

@@ -54,6 +54,20 @@ std::vector<std::string> available_isas() {
 
 std::string isa() { return active_kernels()->name; }
 
+// The row kernels are used where they exist and N is a multiple of the vector width, unless
+// switched off (to compare them with the lane kernels).
+bool &row_kernels_enabled() {
+  static bool enabled = true;
+  return enabled;
+}
+
+bool use_rows(const Kernels *k, const ScanShape &s) {
+  return row_kernels_enabled() && k->fwd_row != nullptr && s.dstate % k->lanes == 0;
+}
+
+// (b, G, N, L) -> (b, G, L, N), the layout of B and C the row kernels read.
+Tensor state_innermost(const Tensor &t) { return t.transpose(2, 3).contiguous(); }
+
 void set_isa(const std::string &name) {
   for (const Kernels *k : usable_kernels())
     if (name == k->name || (name.empty() && k == usable_kernels().front())) {
@@ -171,7 +185,15 @@ std::vector<Tensor> selective_scan_fwd(const Tensor &u, const Tensor &delta, con
   in.fill(a);
   a.out = out.data_ptr<float>();
   a.states = states.data_ptr<float>();
-  run_units(s.batch * s.groups * num_vectors(s, k), k->fwd_scratch(s), a, k->fwd_unit);
+  if (use_rows(k, s)) {
+    const Tensor Bt = state_innermost(in.B), Ct = state_innermost(in.C);
+    a.Bt = Bt.data_ptr<float>();
+    a.Ct = Ct.data_ptr<float>();
+    run_units(s.batch * s.dim, k->fwd_row_scratch(s), a, k->fwd_row);
+  } else {
+    a.Bt = a.Ct = nullptr;
+    run_units(s.batch * s.groups * num_vectors(s, k), k->fwd_scratch(s), a, k->fwd_unit);
+  }
   if (!out_float32 && u.scalar_type() != at::kFloat) out = out.to(u.scalar_type());
   return {out, states};
 }
@@ -233,9 +255,11 @@ std::vector<OptTensor> selective_scan_bwd(const Tensor &u, const Tensor &delta, 
   const Inputs in(u, delta, A, B, C, D, z, delta_bias);
   const Tensor dout32 = f32(dout), states32 = states.contiguous();
   const OptTensor dlast32 = f32(dlast_state);
-  // Backward units: (batch, group, sub-block of vectors); enough of them for the threads, but a
-  // number that depends on the shape only, so that sums do not depend on the thread count.
-  const int64_t nvec = num_vectors(s, k);
+  // Backward units: (batch, group, sub-block of vectors, or of channels for the row kernels);
+  // enough of them for the threads, but a number that depends on the shape only, so that sums
+  // do not depend on the thread count.
+  const bool rows = use_rows(k, s);
+  const int64_t nvec = rows ? s.per_group : num_vectors(s, k);
   int64_t n_sub = std::min(nvec, (kMinBackwardUnits + s.batch * s.groups - 1) /
                                      (s.batch * s.groups));
   const int64_t per_unit = (nvec + n_sub - 1) / n_sub;
@@ -268,10 +292,23 @@ std::vector<OptTensor> selective_scan_bwd(const Tensor &u, const Tensor &delta, 
   a.dC_part = dC_part.data_ptr<float>();
   a.vectors_per_unit = per_unit;
   a.n_sub = n_sub;
-  run_units(s.batch * s.groups * n_sub, k->bwd_scratch(s, per_unit), a, k->bwd_unit);
+  Tensor dB, dC;
+  if (rows) {
+    const Tensor Bt = state_innermost(in.B), Ct = state_innermost(in.C);
+    a.Bt = Bt.data_ptr<float>();
+    a.Ct = Ct.data_ptr<float>();
+    run_units(s.batch * s.groups * n_sub, k->bwd_row_scratch(s, per_unit), a, k->bwd_row);
+    // (n_sub, b, G, L, N) parts: the sum, back to (b, G, N, L).
+    dB = state_innermost(sum_parts(dB_part.view({n_sub, s.batch, s.groups, s.length, s.dstate})));
+    dC = state_innermost(sum_parts(dC_part.view({n_sub, s.batch, s.groups, s.length, s.dstate})));
+  } else {
+    a.Bt = a.Ct = nullptr;
+    run_units(s.batch * s.groups * n_sub, k->bwd_scratch(s, per_unit), a, k->bwd_unit);
+    dB = sum_parts(dB_part);
+    dC = sum_parts(dC_part);
+  }
 
   const Tensor dA = sum_parts(dA_part).view(A.sizes());
-  const Tensor dB = sum_parts(dB_part), dC = sum_parts(dC_part);
   const Tensor ddelta = sum_middle(ddelta_ch, s.batch * s.dim_delta, s.ratio, s.length);
   std::vector<OptTensor> grads{like(du, u), like(ddelta.view(delta.sizes()), delta), like(dA, A),
                                like(dB.view(B.sizes()), B), like(dC.view(C.sizes()), C),
@@ -302,4 +339,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("available_isas", &vssm_cpu::available_isas,
         "instruction sets compiled in and supported by this CPU, best first");
   m.def("set_isa", &vssm_cpu::set_isa, "use the named instruction set ('' = the best)");
+  m.def("row_kernels", []() { return vssm_cpu::row_kernels_enabled(); },
+        "whether the row kernels run where they apply (N a multiple of the vector width)");
+  m.def("set_row_kernels", [](bool enabled) { vssm_cpu::row_kernels_enabled() = enabled; },
+        "switch the row kernels on (the default) or off (lane kernels for every N)");
 }
