@@ -10,7 +10,8 @@ Examples::
         --backends reference,triton,cuda --json scan_h100.json
 
 'naive' is :func:`selective_scan_naive` (a Python loop over tokens,
-differentiated by autograd); the others are ``selective_scan(backend=...)``.
+differentiated by autograd); 'cpu-lanes' is the cpu backend with its row kernels switched off
+(the lane kernels at every N); the others are ``selective_scan(backend=...)``.
 GB/s is the compulsory memory traffic (:func:`compulsory_bytes`) over the best time; on a GPU
 the last column compares it with the device's peak bandwidth.
 """
@@ -101,6 +102,13 @@ def run_once(backend, inputs, mode, grad, out_float32=False):
                   delta_softplus=True, out_float32=out_float32)
     if backend == 'naive':
         out = selective_scan_naive(*args, **kwargs)
+    elif backend == 'cpu-lanes':
+        from vssm_mm.ops.selective_scan.cpu_backend import row_kernels
+        with row_kernels(False):
+            out = selective_scan(*args, backend='cpu', **kwargs)
+            if mode == 'fwdbwd':
+                return torch.autograd.grad(out, [t for t in inputs.values() if t.requires_grad],
+                                           grad)
     else:
         out = selective_scan(*args, backend=backend, **kwargs)
     if mode == 'fwdbwd':
@@ -131,7 +139,7 @@ def timeit(fn, device, warmup, repeat, timer='wall'):
 def parse_args():
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--backends', default='naive,reference',
-                        help="comma list of naive, reference, triton, cuda")
+                        help="comma list of naive, reference, cpu, cpu-lanes, triton, cuda")
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--preset', choices=['grid', 'family'],
                         default='grid',

@@ -151,22 +151,52 @@ VSSM_INLINE float hsum(V v) {
   return total;
 }
 
-// tile[t][l] = base[offset[l] + t] for t < T: one gather per token (AVX2 / AVX-512 builds).
-// Returns false where there is no gather instruction or an offset does not fit in int32.
+#if defined(VSSM_AVX2)
+// The 8 x 8 transpose of r[0..7] in place: r[k][l] becomes r[l][k].
+VSSM_INLINE void transpose8(__m256 *r) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  // s0: element 0 (low half) and 4 (high half) of rows 0-3; s1: elements 1 and 5; ...
+  const __m256 s0 = _mm256_shuffle_ps(t0, t2, 0x44), s1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 s2 = _mm256_shuffle_ps(t1, t3, 0x44), s3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 s4 = _mm256_shuffle_ps(t4, t6, 0x44), s5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 s6 = _mm256_shuffle_ps(t5, t7, 0x44), s7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(s0, s4, 0x20);
+  r[1] = _mm256_permute2f128_ps(s1, s5, 0x20);
+  r[2] = _mm256_permute2f128_ps(s2, s6, 0x20);
+  r[3] = _mm256_permute2f128_ps(s3, s7, 0x20);
+  r[4] = _mm256_permute2f128_ps(s0, s4, 0x31);
+  r[5] = _mm256_permute2f128_ps(s1, s5, 0x31);
+  r[6] = _mm256_permute2f128_ps(s2, s6, 0x31);
+  r[7] = _mm256_permute2f128_ps(s3, s7, 0x31);
+}
+#endif
+
+// tile[t][l] = base[offset[l] + t] for t < T (AVX2: 8 x 8 register transposes, the last T % 8
+// tokens one by one; AVX-512: one gather per token). Returns false where neither applies or an
+// offset does not fit in int32.
 bool gather_tile(float *tile, const float *base, const int64_t *offset, int64_t T) {
-#if defined(VSSM_AVX512) || defined(VSSM_AVX2)
+#if defined(VSSM_AVX2)
+  int64_t t = 0;
+  for (; t + 8 <= T; t += 8) {
+    __m256 r[8];
+    for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(base + offset[l] + t);
+    transpose8(r);
+    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(tile + (t + k) * W, r[k]);
+  }
+  for (; t < T; ++t)
+    for (int l = 0; l < W; ++l) tile[t * W + l] = base[offset[l] + t];
+  return true;
+#elif defined(VSSM_AVX512)
   int32_t idx32[W];
   for (int l = 0; l < W; ++l) {
     if (offset[l] < 0 || offset[l] + T > (int64_t(1) << 31)) return false;
     idx32[l] = int32_t(offset[l]);
   }
-#if defined(VSSM_AVX512)
   const __m512i idx = _mm512_loadu_si512((const void *)idx32);
   for (int64_t t = 0; t < T; ++t) vstore(tile + t * W, (V)_mm512_i32gather_ps(idx, base + t, 4));
-#else
-  const __m256i idx = _mm256_loadu_si256((const __m256i *)idx32);
-  for (int64_t t = 0; t < T; ++t) vstore(tile + t * W, (V)_mm256_i32gather_ps(base + t, idx, 4));
-#endif
   return true;
 #else
   (void)tile, (void)base, (void)offset, (void)T;
@@ -207,6 +237,20 @@ void load_delta_tile(float *tile, const float *delta_rows, const ScanShape &s, i
 }
 
 void store_tile(float *base, int64_t row_stride, const float *tile, int nl, int64_t T) {
+#if defined(VSSM_AVX2)
+  int64_t t = 0;
+  for (; t + 8 <= T; t += 8) {
+    __m256 r[8];
+    for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(tile + (t + k) * W);
+    transpose8(r);
+    for (int l = 0; l < nl; ++l) _mm256_storeu_ps(base + l * row_stride + t, r[l]);
+  }
+  for (int l = 0; l < nl; ++l) {
+    float *row = base + l * row_stride;
+    for (int64_t u = t; u < T; ++u) row[u] = tile[u * W + l];
+  }
+  return;
+#endif
   for (int l = 0; l < nl; ++l) {
     float *row = base + l * row_stride;
     for (int64_t t = 0; t < T; ++t) row[t] = tile[t * W + l];

@@ -14,6 +14,7 @@ for CPU tensors. The extension exposes (docs/selective_scan.md, "The cpu backend
 float64 inputs (gradcheck) and more than ``MAX_D_STATE`` states run on the reference backend
 instead, which this adapter calls.
 """
+import contextlib
 import importlib
 
 import torch
@@ -30,6 +31,20 @@ def extension():
     if _ext is None:
         _ext = importlib.import_module('vssm_mm._C_cpu')
     return _ext
+
+
+@contextlib.contextmanager
+def row_kernels(enabled):
+    """Inside the block, use (``True``, the default) or do not use the row kernels, which run
+    where N is a multiple of the vector width (docs/selective_scan.md, "The cpu backend");
+    ``False`` runs the lane kernels for every N, to compare the two."""
+    ext = extension()
+    before = ext.row_kernels()
+    ext.set_row_kernels(bool(enabled))
+    try:
+        yield
+    finally:
+        ext.set_row_kernels(before)
 
 
 def _on_reference(u, A):
