@@ -60,8 +60,8 @@ void row_delta(float *dt, float *du, float *grad, const float *u, float bias, bo
 // partial sums of y = sum_n C[n] h[n]. Decays and new states go to decay_out / h_out when
 // they are not nullptr.
 // CLAMP = false when every dt A2 of the chunk is known to lie in [kMinExp2, kMaxExp2]
-// (exp2_args_in_range).
-template <int NVS, bool CLAMP>
+// (exp2_args_in_range); Y = false skips y (returns zeros).
+template <int NVS, bool CLAMP, bool Y = true>
 VSSM_INLINE V row_token(int64_t NV, V *h, const V *A2, float dt, float du, const float *Bt,
                         const float *Ct, float *decay_out, float *h_out) {
   const V dtv = vset(dt), duv = vset(du);
@@ -71,6 +71,7 @@ VSSM_INLINE V row_token(int64_t NV, V *h, const V *A2, float dt, float du, const
     h[j] = decay * h[j] + duv * vload(Bt + j * W);
     if (decay_out != nullptr) vstore(decay_out + j * W, decay);
     if (h_out != nullptr) vstore(h_out + j * W, h[j]);
+    if (!Y) continue;
     if (j % 2 == 0) {
       y0 += h[j] * vload(Ct + j * W);
     } else {
@@ -239,15 +240,22 @@ void bwd_row_impl(const BwdArgs &a, int64_t unit, float *scratch) {
         h[j] = saved != nullptr ? vload(saved + j * W) : V{};
         vstore(H + j * W, h[j]);
       }
-      if (exp2_args_in_range(dt, max_abs(a.A + c * N, N, kLog2e))) {
-        for (int64_t t = 0; t < T; ++t)
-          vstore(partY + t * W, row_token<NVS, false>(NV, h, A2, dt[t], du[t], Bk + t * N,
-                                                      Ck + t * N, decay + t * N, H + (t + 1) * N));
-      } else {
-        for (int64_t t = 0; t < T; ++t)
-          vstore(partY + t * W, row_token<NVS, true>(NV, h, A2, dt[t], du[t], Bk + t * N,
-                                                     Ck + t * N, decay + t * N, H + (t + 1) * N));
-      }
+      // y (before the gate) is needed for dz only. One loop per case: the branches stay out
+      // of the token loop.
+      auto recompute = [&](auto clamp, auto with_y) {
+        for (int64_t t = 0; t < T; ++t) {
+          const V y = row_token<NVS, decltype(clamp)::value, decltype(with_y)::value>(
+              NV, h, A2, dt[t], du[t], Bk + t * N, Ck + t * N, decay + t * N, H + (t + 1) * N);
+          if (decltype(with_y)::value) vstore(partY + t * W, y);
+        }
+      };
+      using True = std::true_type;
+      using False = std::false_type;
+      const bool in_range = exp2_args_in_range(dt, max_abs(a.A + c * N, N, kLog2e));
+      if (in_range && a.z == nullptr) recompute(False{}, False{});
+      if (in_range && a.z != nullptr) recompute(False{}, True{});
+      if (!in_range && a.z == nullptr) recompute(True{}, False{});
+      if (!in_range && a.z != nullptr) recompute(True{}, True{});
       // The adjoint lam[t] = C[t] dy[t] + decay[t + 1] lam[t + 1], carried as decay * lam.
       for (int64_t j = 0; j < NV; ++j) {
         carry[j] = vload(lam + ci * N + j * W);
@@ -265,10 +273,10 @@ void bwd_row_impl(const BwdArgs &a, int64_t unit, float *scratch) {
           vstore(dCt + j * W, vload(dCt + j * W) + dyv * vload(hn + j * W));
           vstore(dBt + j * W, vload(dBt + j * W) + lm * duv);
           lamB += lm * vload(Bn + j * W);
-          const V la = lm * (an * vload(hp + j * W));
+          carry[j] = an * lm;
+          const V la = carry[j] * vload(hp + j * W);  // lam decay h[t - 1]
           ddA += la * Av[j];
           dAc[j] += la * dtv;
-          carry[j] = an * lm;
         }
         vstore(partB + t * W, lamB);
         vstore(partA + t * W, ddA);
