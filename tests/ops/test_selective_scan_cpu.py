@@ -11,8 +11,10 @@ test_selective_scan.py):
 * long sequences, sampled: L = 1023, 4097 and 70,001 (15, 64 and 1,094 saved chunks plus a
   partial one) with each N, dtype and option appearing at least once; the per-token work is the
   same as for short sequences, what length adds is the carries between chunks;
-* every instruction set this CPU supports (AVX-512, AVX2, the portable build), fp16/bf16 inputs
-  against a float64 run, identical results with 1 and 2 threads, and the torch.compile op.
+* every instruction set this CPU supports (AVX-512, AVX2, the portable build), the row kernels
+  (N a multiple of the vector width) against the lane kernels, decays below the exponent range
+  (the clamped path), fp16/bf16 inputs against a float64 run, identical results with 1 and 2
+  threads, and the torch.compile op.
 
 64-bit offsets are not exercised (that needs tensors of more than 2^31 elements); the kernels
 compute every offset in int64_t.
@@ -26,6 +28,7 @@ from ops.test_selective_scan import REL_TOL, assert_close, make_inputs, run
 
 from vssm_mm.ops.selective_scan import selective_scan
 from vssm_mm.ops.selective_scan.backends import resolve_backend
+from vssm_mm.ops.selective_scan.cpu_backend import row_kernels
 
 
 def _extension():
@@ -110,6 +113,36 @@ def test_every_instruction_set(isa):
     finally:
         ext.set_isa('')
     assert ext.isa() == ext.available_isas()[0]
+
+
+@pytest.mark.parametrize('d_state', [8, 16, 32, 64])
+@pytest.mark.parametrize('with_z', [False, True])
+def test_row_and_lane_kernels(d_state, with_z):
+    """N a multiple of the vector width runs on the row kernels where they are compiled in
+    (AVX2 and portable builds); switched off, the lane kernels run. Both match the reference
+    and each other (not bit for bit: they sum over states in different orders)."""
+    shape = dict(d_state=d_state, length=150, channels=24, groups=2, delta_ratio=2,
+                 with_z=with_z)
+    results = {}
+    for rows in (True, False):
+        with row_kernels(rows):
+            assert ext.row_kernels() == rows
+            results[rows] = compare(**shape)
+    assert ext.row_kernels()
+    assert_close(results[True], results[False], REL_TOL[torch.float32])
+
+
+def test_decays_below_the_exponent_range():
+    """dt A below -126 / log2(e) (decays under 2^-126) goes through the clamped exponent; the
+    row kernels take it only for the chunks that need it, here half of the channels."""
+    inputs = make_inputs(d_state=16, length=200, channels=16, groups=1)
+    with torch.no_grad():
+        inputs['A'][::2].mul_(200.0)  # dt A down to about -800 on every other channel
+    expected, out_grad, last_grad = run(selective_scan, inputs, backend='reference')
+    for rows in (True, False):
+        with row_kernels(rows):
+            actual, _, _ = run(selective_scan, inputs, out_grad, last_grad, backend='cpu')
+        assert_close(actual, expected, REL_TOL[torch.float32], context=f'rows={rows}')
 
 
 def test_unknown_instruction_set_is_an_error():
