@@ -215,6 +215,19 @@ void bwd_row_impl(const BwdArgs &a, int64_t unit, float *scratch) {
     for (int64_t i = 0; i < T * N; ++i) dBacc[i] = dCacc[i] = 0.0f;
     for (int64_t ci = 0; ci < nc; ++ci) {
       const int64_t c = c_begin + ci, dd = c / s.ratio, row = (b * s.dim + c) * L;
+      if (ci + 1 < nc) {
+        // The next channel's rows of this chunk: many short streams, which the hardware
+        // prefetchers do not follow.
+        const int64_t next = row + L;
+        for (int64_t t = 0; t < T; t += 16) {
+          __builtin_prefetch(a.u + next + t0 + t);
+          __builtin_prefetch(a.dout + next + t0 + t);
+          __builtin_prefetch(a.delta + (b * s.dim_delta + (c + 1) / s.ratio) * L + t0 + t);
+          if (a.z != nullptr) __builtin_prefetch(a.z + next + t0 + t);
+          __builtin_prefetch(a.du + next + t0 + t, 1);
+          __builtin_prefetch(a.ddelta_ch + next + t0 + t, 1);
+        }
+      }
       for (int64_t j = 0; j < NV; ++j) {
         Av[j] = vload(a.A + c * N + j * W);
         A2[j] = Av[j] * kLog2e;
