@@ -2,6 +2,8 @@
 import importlib.util
 import json
 
+import pytest
+
 from vssm_testing import REPO, run_tool
 
 
@@ -50,3 +52,18 @@ def test_repeats_do_not_accumulate_gradients():
     assert len(first) == len(inputs)
     for a, b in zip(first, second):
         assert bench.torch.equal(a, b)
+
+
+def test_cpu_lanes_runs_the_cpu_backend_with_row_kernels_off(monkeypatch):
+    ext = pytest.importorskip('vssm_mm._C_cpu')
+    bench = _module()
+    calls = []
+    original = ext.set_row_kernels
+    monkeypatch.setattr(ext, 'set_row_kernels', lambda on: (calls.append(on), original(on)))
+    inputs = bench.make_inputs(1, 16, 16, 70, 2, bench.DTYPES['fp32'], 'cpu')
+    grad = bench.torch.ones(1, 16, 70)
+    lanes = bench.run_once('cpu-lanes', inputs, 'fwdbwd', grad)
+    assert calls == [False, True] and ext.row_kernels()
+    rows = bench.run_once('cpu', inputs, 'fwdbwd', grad)
+    for got, want in zip(lanes, rows):
+        assert (got - want).abs().max() <= 1e-4 * want.abs().max() + 1e-6
