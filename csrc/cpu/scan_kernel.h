@@ -12,7 +12,6 @@
 // Only plain C++ and the vector extensions are used here (no std:: calls, no torch): every
 // function is local to the instruction set's namespace.
 #include <cstdint>
-#include <type_traits>
 
 #include "scan_cpu.h"
 

@@ -40,6 +40,12 @@ void zero_rows(float *rows, int64_t from, int64_t to) {
 
 int64_t round_up(int64_t n) { return (n + W - 1) / W * W; }
 
+// A compile-time flag passed by value to generic lambdas.
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
+
 // The chunk's dt = softplus(delta + bias) (or delta + bias) into dt, dt * u into du and, when
 // grad != nullptr, the activation's derivative into grad; all padded to kChunk with zeros
 // beyond T in u (so du = 0 there).
@@ -262,13 +268,11 @@ void bwd_row_impl(const BwdArgs &a, int64_t unit, float *scratch) {
           if (decltype(with_y)::value) vstore(partY + t * W, y);
         }
       };
-      using True = std::true_type;
-      using False = std::false_type;
       const bool in_range = exp2_args_in_range(dt, max_abs(a.A + c * N, N, kLog2e));
-      if (in_range && a.z == nullptr) recompute(False{}, False{});
-      if (in_range && a.z != nullptr) recompute(False{}, True{});
-      if (!in_range && a.z == nullptr) recompute(True{}, False{});
-      if (!in_range && a.z != nullptr) recompute(True{}, True{});
+      if (in_range && a.z == nullptr) recompute(Flag<false>{}, Flag<false>{});
+      if (in_range && a.z != nullptr) recompute(Flag<false>{}, Flag<true>{});
+      if (!in_range && a.z == nullptr) recompute(Flag<true>{}, Flag<false>{});
+      if (!in_range && a.z != nullptr) recompute(Flag<true>{}, Flag<true>{});
       // The adjoint lam[t] = C[t] dy[t] + decay[t + 1] lam[t + 1], carried as decay * lam.
       for (int64_t j = 0; j < NV; ++j) {
         carry[j] = vload(lam + ci * N + j * W);
