@@ -137,14 +137,16 @@ void fwd_row_impl(const FwdArgs &a, int64_t unit, float *scratch) {
     load_row(dt, delta_row + t0, T);
     load_row(uu, a.u + row + t0, T);
     row_delta(dt, du, nullptr, uu, bias, a.softplus);
-    if (exp2_args_in_range(dt, max_abs_A2)) {
+    auto scan = [&](auto clamp) {
       for (int64_t t = 0; t < T; ++t)
-        vstore(partial + t * W, row_token<NVS, false>(NV, h, A2, dt[t], du[t], Bt + (t0 + t) * N,
+        vstore(partial + t * W,
+               row_token<NVS, decltype(clamp)::value>(NV, h, A2, dt[t], du[t], Bt + (t0 + t) * N,
                                                       Ct + (t0 + t) * N, nullptr, nullptr));
+    };
+    if (exp2_args_in_range(dt, max_abs_A2)) {
+      scan(Flag<false>{});
     } else {
-      for (int64_t t = 0; t < T; ++t)
-        vstore(partial + t * W, row_token<NVS, true>(NV, h, A2, dt[t], du[t], Bt + (t0 + t) * N,
-                                                     Ct + (t0 + t) * N, nullptr, nullptr));
+      scan(Flag<true>{});
     }
     zero_rows(partial, T, TW);
     reduce_rows(partial, yy, TW);
