@@ -24,6 +24,7 @@ struct FwdArgs {
   const float *u, *delta, *A, *B, *C, *D, *z, *bias;  // (b,dim,L) (b,dim_delta,L) (dim,N) (b,G,N,L)
   const float *Bt, *Ct;  // (b, G, L, N) copies of B and C for the row kernels, else nullptr
   float *out;                                          // (b, dim, L), gated by silu(z)
+  bool stream_out;  // write out with streaming stores where the kernels have them (large outputs)
   float *states;                                       // (b, dim, n_chunks, N): state after each chunk
 };
 

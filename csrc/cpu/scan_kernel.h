@@ -50,10 +50,12 @@ VSSM_INLINE V vload(const float *p) {
   return v;
 }
 VSSM_INLINE void vstore(float *p, V v) { __builtin_memcpy(p, &v, sizeof(V)); }
-// A broadcast (for AVX2 one instruction: V{} + s makes the compiler add 0.0 first, which
+// A broadcast (for x86 one instruction: V{} + s makes the compiler add 0.0 first, which
 // changes -0.0, and a loop over lanes becomes one insert per lane).
 VSSM_INLINE V vset(float s) {
-#if defined(VSSM_AVX2)
+#if defined(VSSM_AVX512)
+  return (V)_mm512_set1_ps(s);
+#elif defined(VSSM_AVX2)
   return (V)_mm256_set1_ps(s);
 #else
   return V{} + s;
@@ -151,7 +153,7 @@ VSSM_INLINE float hsum(V v) {
   return total;
 }
 
-#if defined(VSSM_AVX2)
+#if defined(VSSM_AVX2) || defined(VSSM_AVX512)
 // The 8 x 8 transpose of r[0..7] in place: r[k][l] becomes r[l][k].
 VSSM_INLINE void transpose8(__m256 *r) {
   const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
@@ -174,29 +176,21 @@ VSSM_INLINE void transpose8(__m256 *r) {
 }
 #endif
 
-// tile[t][l] = base[offset[l] + t] for t < T (AVX2: 8 x 8 register transposes, the last T % 8
-// tokens one by one; AVX-512: one gather per token). Returns false where neither applies or an
-// offset does not fit in int32.
-bool gather_tile(float *tile, const float *base, const int64_t *offset, int64_t T) {
-#if defined(VSSM_AVX2)
+// tile[t][l] = base[offset[l] + t] for t < T (x86: 8 x 8 register transposes, per 8 lanes,
+// the last T % 8 tokens one by one). Returns false where this is not compiled in.
+bool rows_to_tile(float *tile, const float *base, const int64_t *offset, int64_t T) {
+#if defined(VSSM_AVX2) || defined(VSSM_AVX512)
   int64_t t = 0;
   for (; t + 8 <= T; t += 8) {
-    __m256 r[8];
-    for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(base + offset[l] + t);
-    transpose8(r);
-    for (int k = 0; k < 8; ++k) _mm256_storeu_ps(tile + (t + k) * W, r[k]);
+    for (int h = 0; h < W; h += 8) {
+      __m256 r[8];
+      for (int l = 0; l < 8; ++l) r[l] = _mm256_loadu_ps(base + offset[h + l] + t);
+      transpose8(r);
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(tile + (t + k) * W + h, r[k]);
+    }
   }
   for (; t < T; ++t)
     for (int l = 0; l < W; ++l) tile[t * W + l] = base[offset[l] + t];
-  return true;
-#elif defined(VSSM_AVX512)
-  int32_t idx32[W];
-  for (int l = 0; l < W; ++l) {
-    if (offset[l] < 0 || offset[l] + T > (int64_t(1) << 31)) return false;
-    idx32[l] = int32_t(offset[l]);
-  }
-  const __m512i idx = _mm512_loadu_si512((const void *)idx32);
-  for (int64_t t = 0; t < T; ++t) vstore(tile + t * W, (V)_mm512_i32gather_ps(idx, base + t, 4));
   return true;
 #else
   (void)tile, (void)base, (void)offset, (void)T;
@@ -209,7 +203,7 @@ void load_tile(float *tile, const float *base, int64_t row_stride, int nl, int64
   if (nl == W) {
     int64_t offset[W];
     for (int l = 0; l < W; ++l) offset[l] = l * row_stride;
-    if (gather_tile(tile, base, offset, T)) return;
+    if (rows_to_tile(tile, base, offset, T)) return;
   }
   for (int l = 0; l < W; ++l) {
     if (l < nl) {
@@ -228,7 +222,7 @@ void load_delta_tile(float *tile, const float *delta_rows, const ScanShape &s, i
   if (nl == W) {
     int64_t offset[W];
     for (int l = 0; l < W; ++l) offset[l] = ((c0 + l) / s.ratio - c0 / s.ratio) * s.length;
-    if (gather_tile(tile, base, offset, T)) return;
+    if (rows_to_tile(tile, base, offset, T)) return;
   }
   for (int l = 0; l < W; ++l) {
     const float *src = delta_rows + ((c0 + l) / s.ratio) * s.length + t0;
@@ -236,24 +230,40 @@ void load_delta_tile(float *tile, const float *delta_rows, const ScanShape &s, i
   }
 }
 
-void store_tile(float *base, int64_t row_stride, const float *tile, int nl, int64_t T) {
-#if defined(VSSM_AVX2)
+void store_tile(float *base, int64_t row_stride, const float *tile, int nl, int64_t T,
+                bool streaming = false) {
   int64_t t = 0;
+#if defined(VSSM_AVX512)
+  // Streaming (non-temporal) stores of whole 64-byte lines, which skip reading each line
+  // before it is written (for outputs too large to stay in the caches anyway).
+  if (streaming && nl == W && row_stride % 16 == 0 && ((uintptr_t)base & 63) == 0) {
+    for (; t + 16 <= T; t += 16) {
+      for (int h = 0; h < W; h += 8) {
+        __m256 r[8], q[8];
+        for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(tile + (t + k) * W + h);
+        for (int k = 0; k < 8; ++k) q[k] = _mm256_loadu_ps(tile + (t + 8 + k) * W + h);
+        transpose8(r);
+        transpose8(q);
+        for (int l = 0; l < 8; ++l)
+          _mm512_stream_ps(base + (h + l) * row_stride + t,
+                           _mm512_insertf32x8(_mm512_castps256_ps512(r[l]), q[l], 1));
+      }
+    }
+  }
+#endif
+#if defined(VSSM_AVX2) || defined(VSSM_AVX512)
   for (; t + 8 <= T; t += 8) {
-    __m256 r[8];
-    for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(tile + (t + k) * W);
-    transpose8(r);
-    for (int l = 0; l < nl; ++l) _mm256_storeu_ps(base + l * row_stride + t, r[l]);
+    for (int h = 0; h < nl; h += 8) {
+      __m256 r[8];
+      for (int k = 0; k < 8; ++k) r[k] = _mm256_loadu_ps(tile + (t + k) * W + h);
+      transpose8(r);
+      for (int l = 0; l < 8 && h + l < nl; ++l) _mm256_storeu_ps(base + (h + l) * row_stride + t, r[l]);
+    }
   }
-  for (int l = 0; l < nl; ++l) {
-    float *row = base + l * row_stride;
-    for (int64_t u = t; u < T; ++u) row[u] = tile[u * W + l];
-  }
-  return;
 #endif
   for (int l = 0; l < nl; ++l) {
     float *row = base + l * row_stride;
-    for (int64_t t = 0; t < T; ++t) row[t] = tile[t * W + l];
+    for (int64_t u = t; u < T; ++u) row[u] = tile[u * W + l];
   }
 }
 
@@ -325,6 +335,21 @@ VSSM_INLINE V scan_token(int64_t N, V dtv, V uv, V Dv, const float *A2, const fl
   return (y0 + y1) + (y2 + y3) + Dv * uv;
 }
 
+// scan_token for N = NS known at compile time, the states h[n] in registers (no decays out).
+template <int NS>
+VSSM_INLINE V scan_token_regs(V *h, V dtv, V uv, V Dv, const float *A2, const float *Bt,
+                              const float *Ct, int64_t L) {
+  const V du = dtv * uv;
+  V y[4] = {V{}, V{}, V{}, V{}};
+#pragma GCC unroll 64
+  for (int n = 0; n < NS; ++n) {
+    const V decay = vclamp_exp2(dtv * vload(A2 + n * W));
+    h[n] = decay * h[n] + du * Bt[n * L];
+    y[n % 4] += h[n] * Ct[n * L];
+  }
+  return (y[0] + y[1]) + (y[2] + y[3]) + Dv * uv;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Forward: one unit is (batch, group, vector v of W channels), all tokens.
 // ---------------------------------------------------------------------------------------------
@@ -350,9 +375,19 @@ void fwd_unit_impl(const FwdArgs &a, int64_t unit, float *scratch) {
     load_delta_tile(dt, delta_rows, s, un.c0, un.nl, t0, T);
     load_tile(uu, a.u + row + t0, L, un.nl, T);
     activate_delta(dt, nullptr, bias, a.softplus, T);
-    for (int64_t t = 0; t < T; ++t) {
-      vstore(yy + t * W, scan_token(N, vload(dt + t * W), vload(uu + t * W), Dv, A2, h, h,
-                                    nullptr, Bg + t0 + t, Cg + t0 + t, L));
+    if (NS > 0) {
+      // N known at compile time: the states stay in registers over the chunk.
+      V hr[NS > 0 ? NS : 1];
+      for (int64_t n = 0; n < NS; ++n) hr[n] = vload(h + n * W);
+      for (int64_t t = 0; t < T; ++t)
+        vstore(yy + t * W, scan_token_regs<NS>(hr, vload(dt + t * W), vload(uu + t * W), Dv, A2,
+                                               Bg + t0 + t, Cg + t0 + t, L));
+      for (int64_t n = 0; n < NS; ++n) vstore(h + n * W, hr[n]);
+    } else {
+      for (int64_t t = 0; t < T; ++t) {
+        vstore(yy + t * W, scan_token(N, vload(dt + t * W), vload(uu + t * W), Dv, A2, h, h,
+                                      nullptr, Bg + t0 + t, Cg + t0 + t, L));
+      }
     }
     if (a.z != nullptr) {
       load_tile(zz, a.z + row + t0, L, un.nl, T);
@@ -361,12 +396,15 @@ void fwd_unit_impl(const FwdArgs &a, int64_t unit, float *scratch) {
         vstore(yy + t * W, vload(yy + t * W) * zv * vsigmoid(zv));
       }
     }
-    store_tile(a.out + row + t0, L, yy, un.nl, T);
+    store_tile(a.out + row + t0, L, yy, un.nl, T, a.stream_out);
     for (int l = 0; l < un.nl; ++l) {
       float *dst = a.states + ((un.b * s.dim + un.c0 + l) * s.n_chunks + k) * N;
       for (int64_t n = 0; n < N; ++n) dst[n] = h[n * W + l];
     }
   }
+#if defined(VSSM_AVX512)
+  _mm_sfence();  // the streaming stores are visible to other threads after this
+#endif
 }
 
 void fwd_unit(const FwdArgs &a, int64_t unit, float *scratch) {

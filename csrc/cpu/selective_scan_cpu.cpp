@@ -18,6 +18,11 @@ namespace {
 using at::Tensor;
 using OptTensor = std::optional<Tensor>;
 
+// Outputs of this many bytes or more are written with streaming stores where the kernels have
+// them (AVX-512): half a typical last-level cache, which the inputs, at least as large again,
+// pass through as well, so the output would not stay cached for the next layer anyway.
+constexpr int64_t kStreamingBytes = int64_t(16) << 20;
+
 // Below this many units per thread, parallel_for would not split (grain size of one unit).
 constexpr int64_t kMinBackwardUnits = 16;
 
@@ -185,6 +190,7 @@ std::vector<Tensor> selective_scan_fwd(const Tensor &u, const Tensor &delta, con
   in.fill(a);
   a.out = out.data_ptr<float>();
   a.states = states.data_ptr<float>();
+  a.stream_out = out.numel() * sizeof(float) >= kStreamingBytes;
   if (use_rows(k, s)) {
     const Tensor Bt = state_innermost(in.B), Ct = state_innermost(in.C);
     a.Bt = Bt.data_ptr<float>();
