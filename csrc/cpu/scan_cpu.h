@@ -43,6 +43,7 @@ struct BwdArgs {
                              // kernels write (n_sub, b, G, L, N)
   int64_t vectors_per_unit;  // lane kernels: vectors of W channels per unit; row kernels: channels
   int64_t n_sub;
+  bool stream_out;  // write du, ddelta_ch and dz with streaming stores where the kernels have them
 };
 
 // One instruction set's kernels. Lane kernels (any N; a vector holds lanes channels): a forward

@@ -545,9 +545,9 @@ void bwd_unit_impl(const BwdArgs &a, int64_t unit, float *scratch) {
       vstore(dbw + vi * W, vload(dbw + vi * W) + dbv);
       for (int64_t i = 0; i < N * W; i += W)
         vstore(dA + vi * N * W + i, vload(dA + vi * N * W + i) + vload(dAc + i));
-      store_tile(a.du + row + t0, L, dut, un.nl, T);
-      store_tile(a.ddelta_ch + row + t0, L, ddt, un.nl, T);
-      if (a.z != nullptr) store_tile(a.dz + row + t0, L, zz, un.nl, T);
+      store_tile(a.du + row + t0, L, dut, un.nl, T, a.stream_out);
+      store_tile(a.ddelta_ch + row + t0, L, ddt, un.nl, T, a.stream_out);
+      if (a.z != nullptr) store_tile(a.dz + row + t0, L, zz, un.nl, T, a.stream_out);
     }
     // dB, dC of the chunk summed over the unit's channels.
     float *dBg = a.dB_part + ((sub * s.batch + b) * s.groups + g) * N * L + t0;
@@ -567,6 +567,9 @@ void bwd_unit_impl(const BwdArgs &a, int64_t unit, float *scratch) {
       a.dbias_part[c] = dbw[vi * W + l];
     }
   }
+#if defined(VSSM_AVX512)
+  _mm_sfence();  // the streaming stores are visible to other threads after this
+#endif
 }
 
 void bwd_unit(const BwdArgs &a, int64_t unit, float *scratch) {

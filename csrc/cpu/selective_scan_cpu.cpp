@@ -298,6 +298,7 @@ std::vector<OptTensor> selective_scan_bwd(const Tensor &u, const Tensor &delta, 
   a.dC_part = dC_part.data_ptr<float>();
   a.vectors_per_unit = per_unit;
   a.n_sub = n_sub;
+  a.stream_out = du.numel() * sizeof(float) >= kStreamingBytes;
   Tensor dB, dC;
   if (rows) {
     const Tensor Bt = state_innermost(in.B), Ct = state_innermost(in.C);
