@@ -164,6 +164,10 @@ def parse_args():
     parser.add_argument('--peak-gbs', type=float, default=None,
                         help='peak memory bandwidth in GB/s for the %%-of-peak column '
                         '(default: known from the GPU name)')
+    parser.add_argument('--cpu-isa', default=None,
+                        help="instruction set of the cpu backend's kernels: avx512, avx2 or base "
+                        '(default: the best this CPU supports), to time what a CPU without '
+                        'AVX-512 runs')
     parser.add_argument('--json', help='also write the rows to this file')
     return parser.parse_args()
 
@@ -181,6 +185,9 @@ def main():
     args = parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.cpu_isa:
+        from vssm_mm.ops.selective_scan.cpu_backend import extension
+        extension().set_isa(args.cpu_isa)  # a clear error names the available ones
     backends = args.backends.split(',')
     rows, unavailable = [], set()
     header = (f"{'shape':<22}{'mode':<8}{'backend':<11}{'min ms':>10}"
@@ -192,7 +199,8 @@ def main():
     out_size = 4 if args.out_float32 else in_size
     print(f'device={args.device} ({device_name}, peak {peak or "?"} GB/s) batch={args.batch} '
           f'dtype={args.dtype} out_float32={args.out_float32} '
-          f'threads={torch.get_num_threads()} timer={args.timer}')
+          f'threads={torch.get_num_threads()} timer={args.timer}'
+          + (f' cpu_isa={args.cpu_isa}' if args.cpu_isa else ''))
     print(header)
     print('-' * len(header))
     for name, channels, d_state, length, groups in shapes(args):

@@ -1,4 +1,5 @@
-// Python bindings of the CPU selective-scan kernels (`vssm_mm._C_cpu`): checks, fp32 staging,
+// Python bindings of the CPU selective-scan kernels (`vssm_mm._C_cpu`, which also binds the scan
+// orders' gather-sum of gather_sum_cpu.cpp): checks, fp32 staging,
 // allocation, the instruction-set choice, at::parallel_for over work units, and the
 // reductions over batch, sub-blocks and delta groups (each in a fixed order, so results do not
 // depend on the number of threads). The calling convention is in docs/selective_scan.md.
@@ -10,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "gather_sum_cpu.h"
 #include "scan_cpu.h"
 
 namespace vssm_cpu {
@@ -348,6 +350,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_isa", &vssm_cpu::set_isa, "use the named instruction set ('' = the best)");
   m.def("row_kernels", []() { return vssm_cpu::row_kernels_enabled(); },
         "whether the row kernels run where they apply (N a multiple of the vector width)");
+  m.def("gather_sum", &vssm_cpu::gather_sum,
+        "(src (B, S, C, P), table (R, M, J) int64) -> out (B, R, C, J): the scan orders' "
+        "gather-sum (vssm_mm/ops/scan_orders/gather.py)");
   m.def("set_row_kernels", [](bool enabled) { vssm_cpu::row_kernels_enabled() = enabled; },
         "switch the row kernels on (the default) or off (lane kernels for every N)");
 }

@@ -1,7 +1,9 @@
-"""Scan orders (torch backend): definitions of every family, exact inverse/adjoint, gradients.
+"""Scan orders: definitions of every family, exact inverse/adjoint, gradients.
 
 The expected orders are written here independently with plain tensor ops (flatten, transpose,
-flip, pad, strided slicing), following the official definitions.
+flip, pad, strided slicing), following the official definitions. The default backend ('auto')
+runs these on the compiled CPU gather-sum where it is built; the last section checks it against
+the torch backend (index_select) directly.
 """
 import pytest
 import torch
@@ -12,6 +14,7 @@ from vssm_mm.ops.scan_orders import (ATROUS_DIRECTIONS, CROSS2D_DIRECTIONS, LOCA
                                      cross_scan, get_scan_order, group_merge, group_scan,
                                      local_merge, local_scan, multiscale_low_res_size,
                                      multiscale_merge, multiscale_scan, triton_available)
+from vssm_mm.ops.scan_orders.gather import cpu_available, resolve_backend
 
 SIZES = [(1, 1), (3, 5), (5, 3), (4, 6), (7, 7), (2, 9)]
 ORDERS = {
@@ -298,3 +301,61 @@ def test_triton_backend_on_cpu_needs_interpreter(monkeypatch):
     monkeypatch.setenv('TRITON_INTERPRET', '0')
     with pytest.raises(RuntimeError, match='TRITON_INTERPRET'):
         cross_scan(torch.zeros(1, 2, 3, 5), backend='triton')
+
+
+# ------------------------------------------------------------------------------------------------
+# the compiled CPU gather-sum (vssm_mm._C_cpu) against the torch backend
+
+needs_cpu_kernel = pytest.mark.skipif(not cpu_available(), reason='vssm_mm._C_cpu is not built')
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize('name', list(ORDERS))
+@pytest.mark.parametrize('size', [(3, 5), (7, 7), (2, 9)])
+def test_cpu_kernel_matches_torch(name, size):
+    """Scan, grouped scan and both merges, values and gradients, in float64 (merges sum several
+    tokens per pixel; with float64 the two orders of summation agree to rounding)."""
+    order = get_scan_order(ORDERS[name], *size)
+    num_dirs, seq_len = order.num_directions, order.seq_len
+    calls = [
+        (lambda t, backend: order.scan(t, backend), _rand(2, 5, *size)),
+        (lambda t, backend: order.scan(t, backend), _rand(2, num_dirs, 5, *size, seed=1)),
+        (lambda t, backend: order.merge(t, backend=backend), _rand(2, num_dirs, 5, seq_len, seed=2)),
+        (lambda t, backend: order.merge(t, sum_directions=False, backend=backend),
+         _rand(2, num_dirs, 5, seq_len, seed=3)),
+    ]
+    for fn, inp in calls:
+        results = {}
+        for backend in ('cpu', 'torch'):
+            x = inp.clone().requires_grad_(True)
+            out = fn(x, backend)
+            grad_out = _rand(*out.shape, seed=7)
+            results[backend] = (out, torch.autograd.grad(out, x, grad_out)[0])
+        torch.testing.assert_close(results['cpu'], results['torch'], rtol=1e-12, atol=1e-12)
+
+
+@needs_cpu_kernel
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+def test_cpu_kernel_dtypes_and_channel_last_input(dtype):
+    """Half dtypes sum in float32 and round once, like the torch backend (scans copy exactly);
+    a channel-last map is read in place; the padded tokens of odd-sized atrous maps are zeros."""
+    tokens = _rand(2, 63, 6, dtype=dtype)  # (B, L, C) channel-last tokens of a 7 x 9 map
+    x = tokens.transpose(1, 2).view(2, 6, 7, 9)
+    for directions in (CROSS2D_DIRECTIONS, ATROUS_DIRECTIONS, LOCALMAMBA_DIRECTIONS):
+        order = get_scan_order(directions, 7, 9)
+        ys = order.scan(x, backend='cpu')
+        assert ys.dtype == dtype and ys.is_contiguous()
+        assert torch.equal(ys, order.scan(x.contiguous(), backend='torch'))
+        merged = order.merge(ys, backend='cpu')
+        assert merged.dtype == dtype
+        # the float32 sums over directions may differ in order (torch reduces in its own order)
+        torch.testing.assert_close(merged, order.merge(ys, backend='torch'))
+
+
+@needs_cpu_kernel
+def test_auto_picks_the_cpu_kernel_for_cpu_tensors():
+    x = torch.zeros(1, 2, 3, 5)
+    assert resolve_backend('auto', x) == 'cpu'
+    assert resolve_backend('torch', x) == 'torch'
+    with pytest.raises(RuntimeError, match="backend='cpu' runs on CPU tensors"):
+        resolve_backend('cpu', torch.zeros(1, device='meta'))

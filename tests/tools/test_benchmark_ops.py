@@ -67,3 +67,15 @@ def test_cpu_lanes_runs_the_cpu_backend_with_row_kernels_off(monkeypatch):
     rows = bench.run_once('cpu', inputs, 'fwdbwd', grad)
     for got, want in zip(lanes, rows):
         assert (got - want).abs().max() <= 1e-4 * want.abs().max() + 1e-6
+
+
+def test_cpu_isa_times_the_named_instruction_set(tmp_path):
+    ext = pytest.importorskip('vssm_mm._C_cpu')
+    isa = ext.available_isas()[-1]  # the portable build, always there
+    result = run_tool(['tools/benchmark_ops.py', '--backends', 'cpu', '--channels', '8',
+                       '--d-state', '16', '--length', '40', '--groups', '2', '--warmup', '0',
+                       '--repeat', '1', '--threads', '1', '--cpu-isa', isa])
+    assert f'cpu_isa={isa}' in result.stdout
+    bad = run_tool(['tools/benchmark_ops.py', '--backends', 'cpu', '--cpu-isa', 'sse9'],
+                   check=False)
+    assert bad.returncode != 0 and "instruction set 'sse9' is not available" in bad.stderr

@@ -119,9 +119,10 @@ def scan_sequences(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_weight
     """The computation of :meth:`SelectiveSSM.forward` on explicit parameters (same shapes)."""
     batch, k, d, length = xs.shape
     n, r = A_log.shape[1], dt_proj_weight.shape[2]
-    x_dbl = torch.einsum('bkdl,kcd->bkcl', xs, x_proj_weight.to(xs.dtype))
+    # Batched over (B, K) with the weights broadcast: the sequences are not permuted or copied.
+    x_dbl = torch.matmul(x_proj_weight.to(xs.dtype), xs)  # (B, K, R + 2N, L)
     dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
-    dts = torch.einsum('bkrl,kdr->bkdl', dts, dt_proj_weight.to(xs.dtype))
+    dts = torch.matmul(dt_proj_weight.to(xs.dtype), dts)  # (B, K, d, L)
     dtype = compute_dtype(xs.dtype)
     u = xs.reshape(batch, k * d, length).to(dtype)
     delta = dts.reshape(batch, k * d, length).to(dtype)

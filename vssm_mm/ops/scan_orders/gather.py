@@ -13,7 +13,7 @@ from typing import Dict, Optional
 
 import torch
 
-BACKENDS = ('auto', 'torch', 'triton')
+BACKENDS = ('auto', 'torch', 'triton', 'cpu')
 
 
 class GatherTable:
@@ -111,6 +111,21 @@ def _gather_sum_torch(src: torch.Tensor, table: GatherTable) -> torch.Tensor:
     return out.permute(0, 2, 1, 3).contiguous()
 
 
+def _cpu_extension():
+    """``vssm_mm._C_cpu`` when it is built (with its gather-sum), else None."""
+    try:
+        from vssm_mm.ops.selective_scan.cpu_backend import extension
+        ext = extension()
+    except ImportError:
+        return None
+    return ext if hasattr(ext, 'gather_sum') else None
+
+
+def cpu_available() -> bool:
+    """Whether the compiled CPU gather-sum (``vssm_mm._C_cpu``, csrc/cpu/) is built."""
+    return _cpu_extension() is not None
+
+
 def triton_available() -> bool:
     from . import triton_gather
     return triton_gather.AVAILABLE
@@ -125,7 +140,21 @@ def resolve_backend(backend: str, tensor: torch.Tensor) -> str:
     if backend not in BACKENDS:
         raise ValueError(f'unknown backend {backend!r}; choose one of {BACKENDS}')
     if backend == 'auto':
-        return 'triton' if tensor.is_cuda and triton_available() else 'torch'
+        if tensor.is_cuda:
+            return 'triton' if triton_available() else 'torch'
+        # The compiled op is opaque to torch.compile, which traces the torch path instead.
+        if tensor.device.type == 'cpu' and not torch.compiler.is_compiling() and \
+                cpu_available():
+            return 'cpu'
+        return 'torch'
+    if backend == 'cpu':
+        if not cpu_available():
+            raise RuntimeError("backend='cpu' needs the compiled CPU extension vssm_mm._C_cpu "
+                               '(built by `pip install -e . --no-build-isolation` with a C++ '
+                               "compiler); use backend='torch' or 'auto' otherwise")
+        if tensor.device.type != 'cpu':
+            raise RuntimeError(f"backend='cpu' runs on CPU tensors, got {tensor.device}; use "
+                               "backend='triton' or 'auto'")
     if backend == 'triton':
         if not triton_available():
             raise RuntimeError("backend='triton' needs the triton package (pip install triton); "
@@ -142,6 +171,8 @@ def gather_sum(src: torch.Tensor, table: GatherTable, backend: str = 'torch') ->
     if backend == 'triton' and src.is_floating_point():
         from .triton_gather import gather_sum_triton
         return gather_sum_triton(src, table)
+    if backend == 'cpu' and src.is_floating_point():
+        return _cpu_extension().gather_sum(src, table.table)
     return _gather_sum_torch(src, table)
 
 

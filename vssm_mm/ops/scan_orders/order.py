@@ -124,8 +124,9 @@ class ScanOrder:
 
         Args:
             x: the map; any strides (e.g. a channel-last view) are accepted.
-            backend: 'auto' (Triton for CUDA tensors when available, else torch), 'torch' or
-                'triton'.
+            backend: 'auto' (Triton for CUDA tensors when available; for CPU tensors the
+                compiled kernel of ``vssm_mm._C_cpu`` when built; else torch), 'torch',
+                'triton' or 'cpu'.
         """
         self._check_map(x)
         if x.dim() == 4:
