@@ -51,6 +51,39 @@ def test_selective_ssm_dtype_policy():
         ssm(torch.randn(1, 3, 8, 5, dtype=torch.float64))
 
 
+def test_selective_ssm_counts_with_einsums_and_runs_with_matmuls(monkeypatch):
+    """FLOP counters (jit trace, meta device) see the projections as the papers' einsums; the
+    eager path uses broadcast matmuls. Both compute the same values and gradients."""
+    from vssm_mm.models.layers import ssm as ssm_module
+    torch.manual_seed(0)
+    module = SelectiveSSM(3, 8, 4, 2).double()
+    xs = torch.randn(2, 3, 8, 7, dtype=torch.float64)
+    results = {}
+    for counting in (False, True):
+        monkeypatch.setattr(ssm_module, '_counting', lambda x, value=counting: value)
+        x = xs.clone().requires_grad_()
+        out = module(x)
+        results[counting] = (out, torch.autograd.grad(out.sum(), [x, module.x_proj_weight]))
+    torch.testing.assert_close(results[False], results[True])
+    monkeypatch.undo()
+    assert ssm_module._counting(xs.to('meta')) and not ssm_module._counting(xs)
+    from vssm_mm.ops.selective_scan.flops import scan_as_library_op
+    ops = set()
+    with scan_as_library_op(), _RecordOps(ops):  # how the FLOP counter runs a model
+        module.to('meta')(xs.to('meta'))
+    assert 'einsum' in ops and 'matmul' not in ops
+
+
+class _RecordOps(torch.overrides.TorchFunctionMode):
+    def __init__(self, names):
+        super().__init__()
+        self.names = names
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.names.add(getattr(func, '__name__', str(func)))
+        return func(*args, **(kwargs or {}))
+
+
 @pytest.mark.parametrize('name', list(SMALL))
 def test_one_ssm_module_owns_the_stacked_parameters(name):
     """Every SSM parameter lives in a SelectiveSSM; no family keeps per-direction copies."""
