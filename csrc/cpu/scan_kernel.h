@@ -120,14 +120,34 @@ VSSM_INLINE V vclamp_exp2(V x) {
 #endif
 }
 
-VSSM_INLINE V vsigmoid(V x) { return 1.0f / (1.0f + vclamp_exp2(x * -kLog2e)); }
+// e^x, x clamped to [-87, 87] (e^-87 is below every practical decay and above 2^-126, e^87
+// below the float range). k = round(x log2 e), r = x - k ln 2 in two steps (ln 2 = kLn2Hi +
+// kLn2Lo, kLn2Hi with 9 significant bits so that k kLn2Hi is exact), e^r = 1 + r + r^2 P(r)
+// with P a minimax quartic on |r| <= ln 2 / 2: about 1 ulp. (2^(x log2 e) through exp2 would
+// carry the rounding of x log2 e into the result: 3e-7 typical for softplus's arguments.)
+constexpr float kLn2Hi = 0.693359375f, kLn2Lo = -2.12194440e-4f;
+VSSM_INLINE V vexp(V x) {
+  x = vmin(vmax(x, vset(-87.0f)), vset(87.0f));
+  const float magic = 12582912.0f;  // 1.5 * 2^23: adding it rounds to an integer k
+  const V t = x * kLog2e + magic, k = t - magic;
+  const V r = (x - k * kLn2Hi) - k * kLn2Lo;
+  V p = vset(1.37514085508883e-3f);
+  p = p * r + 8.368917740881443e-3f;
+  p = p * r + 4.166953265666962e-2f;
+  p = p * r + 1.66665181517601e-1f;
+  p = p * r + 4.9999988079071045e-1f;
+  const V e = ((r * r) * p + r) + 1.0f;
+  return (V)((VU)e + ((VU)t << 23));  // adds k to the exponent, as in exp2_in_range
+}
+
+VSSM_INLINE V vsigmoid(V x) { return 1.0f / (1.0f + vexp(-x)); }
 
 // softplus(x) = max(x, 0) + log1p(exp(-|x|)), x itself above the threshold. log1p(e) for e in
 // (0, 1] is 2 atanh(s) = 2 s + 2 s^3 q(s^2) with s = e / (2 + e) <= 1/3 and q a minimax cubic
 // for (atanh(s) / s - 1) / s^2 on s^2 in [0, 1/9] (relative error of the sum below 5e-9 before
 // rounding; the correction term is at most 1/27 of the total, so its rounding barely counts).
 VSSM_INLINE V vsoftplus(V x) {
-  const V e = vclamp_exp2(vabs(x) * -kLog2e);
+  const V e = vexp(-vabs(x));
   const V s = e / (e + 2.0f);
   const V s2 = s * s, two_s = s + s;
   V q = vset(0.14007605612277985f);
