@@ -404,6 +404,14 @@ void fwd_unit_impl(const FwdArgs &a, int64_t unit, float *scratch) {
   const float *Cg = a.C + (un.b * s.groups + un.g) * N * L;
   const int64_t row = (un.b * s.dim + un.c0) * L;
   const float *delta_rows = a.delta + (un.b * s.dim_delta) * L;
+  const float *u_rows = a.u + un.b * s.dim * L;
+  const float *z_rows = a.z != nullptr ? a.z + un.b * s.dim * L : nullptr;
+  // Always inlined, like prefetch_line (a call that only prefetches would be dropped).
+  auto prefetch_next = [&](int64_t t, int64_t t1) __attribute__((always_inline)) {
+    prefetch_line(u_rows, 1, s, un, t, t1);
+    prefetch_line(delta_rows, s.ratio, s, un, t, t1);
+    prefetch_line(z_rows, 1, s, un, t, t1);
+  };
   for (int64_t k = 0; k < s.n_chunks; ++k) {
     const int64_t t0 = k * kChunk, T = imin(kChunk, L - t0);
     load_delta_tile(dt, delta_rows, s, un.c0, un.nl, t0, T);
@@ -414,18 +422,14 @@ void fwd_unit_impl(const FwdArgs &a, int64_t unit, float *scratch) {
       V hr[NS > 0 ? NS : 1];
       for (int64_t n = 0; n < NS; ++n) hr[n] = vload(h + n * W);
       for (int64_t t = 0; t < T; ++t) {
-        prefetch_line(a.u + un.b * s.dim * L, 1, s, un, t, t0 + kChunk);
-        prefetch_line(delta_rows, s.ratio, s, un, t, t0 + kChunk);
-        prefetch_line(a.z != nullptr ? a.z + un.b * s.dim * L : nullptr, 1, s, un, t, t0 + kChunk);
+        prefetch_next(t, t0 + kChunk);
         vstore(yy + t * W, scan_token_regs<NS>(hr, vload(dt + t * W), vload(uu + t * W), Dv, A2,
                                                Bg + t0 + t, Cg + t0 + t, L));
       }
       for (int64_t n = 0; n < NS; ++n) vstore(h + n * W, hr[n]);
     } else {
       for (int64_t t = 0; t < T; ++t) {
-        prefetch_line(a.u + un.b * s.dim * L, 1, s, un, t, t0 + kChunk);
-        prefetch_line(delta_rows, s.ratio, s, un, t, t0 + kChunk);
-        prefetch_line(a.z != nullptr ? a.z + un.b * s.dim * L : nullptr, 1, s, un, t, t0 + kChunk);
+        prefetch_next(t, t0 + kChunk);
         vstore(yy + t * W, scan_token(N, vload(dt + t * W), vload(uu + t * W), Dv, A2, h, h,
                                       nullptr, Bg + t0 + t, Cg + t0 + t, L));
       }
