@@ -11,21 +11,7 @@
 
 // out[t] = the sum of the W lanes of rows[t * W .. t * W + W) for t < T, T a multiple of W.
 void reduce_rows(const float *rows, float *out, int64_t T) {
-  for (int64_t t = 0; t < T; t += W) {
-#if defined(VSSM_AVX2) && VSSM_LANES == 8
-    const float *r = rows + t * W;
-    const __m256 t0 = _mm256_hadd_ps(_mm256_loadu_ps(r), _mm256_loadu_ps(r + 8));
-    const __m256 t1 = _mm256_hadd_ps(_mm256_loadu_ps(r + 16), _mm256_loadu_ps(r + 24));
-    const __m256 t2 = _mm256_hadd_ps(_mm256_loadu_ps(r + 32), _mm256_loadu_ps(r + 40));
-    const __m256 t3 = _mm256_hadd_ps(_mm256_loadu_ps(r + 48), _mm256_loadu_ps(r + 56));
-    // u0 lanes: rows 0-3 summed over lanes 0-3, then rows 0-3 over lanes 4-7; u1: rows 4-7.
-    const __m256 u0 = _mm256_hadd_ps(t0, t1), u1 = _mm256_hadd_ps(t2, t3);
-    _mm256_storeu_ps(out + t, _mm256_add_ps(_mm256_permute2f128_ps(u0, u1, 0x20),
-                                            _mm256_permute2f128_ps(u0, u1, 0x31)));
-#else
-    for (int64_t i = 0; i < W; ++i) out[t + i] = hsum(vload(rows + (t + i) * W));
-#endif
-  }
+  for (int64_t t = 0; t < T; t += W) reduce_lanes(rows + t * W, W, out + t);
 }
 
 // dst[0 .. n) = src[0 .. n), dst[n .. kChunk) = 0.

@@ -102,12 +102,16 @@ def test_long_sequences(length, d_state, dtype, groups, delta_ratio, with_z, out
 
 @pytest.mark.parametrize('isa', ext.available_isas() if ext is not None else [])
 def test_every_instruction_set(isa):
-    """Each compiled instruction set on channel counts that fill and do not fill a vector."""
+    """Each compiled instruction set on channel counts that fill and do not fill a vector, with
+    the row kernels on and off (N = 16 runs on the lane kernels then)."""
     try:
         ext.set_isa(isa)
         assert ext.isa() == isa
         for channels, groups in ((48, 3), (20, 2)):
-            compare(channels=channels, groups=groups, d_state=16, length=150, delta_ratio=2)
+            for rows in (True, False):
+                with row_kernels(rows):
+                    compare(channels=channels, groups=groups, d_state=16, length=150,
+                            delta_ratio=2)
             compare(channels=channels, groups=groups, d_state=1, length=150)
             compare(channels=channels, groups=groups, d_state=5, length=70, with_z=False)
     finally:
