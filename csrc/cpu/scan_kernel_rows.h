@@ -36,13 +36,20 @@ struct Flag {
 // grad != nullptr, the activation's derivative into grad; all padded to kChunk with zeros
 // beyond T in u (so du = 0 there).
 void row_delta(float *dt, float *du, float *grad, const float *u, float bias, bool softplus) {
-  for (int64_t t = 0; t < kChunk; t += W) {
-    const V x = vload(dt + t) + bias;
-    V d = x;
-    if (softplus) {
-      if (grad != nullptr) vstore(grad + t, vsoftplus_grad(x));
-      d = vsoftplus(x);
+  if (!softplus) {
+    for (int64_t t = 0; t < kChunk; t += W) {
+      const V d = vload(dt + t) + bias;
+      vstore(dt + t, d);
+      vstore(du + t, d * vload(u + t));
     }
+    return;
+  }
+  float e[kChunk];  // the exps first, in a loop of their own (see vsoftplus)
+  for (int64_t t = 0; t < kChunk; t += W) vstore(e + t, softplus_exp(vload(dt + t) + bias));
+  for (int64_t t = 0; t < kChunk; t += W) {
+    const V x = vload(dt + t) + bias, ev = vload(e + t);
+    if (grad != nullptr) vstore(grad + t, vsoftplus_grad(x, ev));
+    const V d = vsoftplus(x, ev);
     vstore(dt + t, d);
     vstore(du + t, d * vload(u + t));
   }
