@@ -1,4 +1,5 @@
 """Atomic checkpoint writes and the choice of what --resume continues from."""
+import logging
 import os
 import time
 from collections import deque
@@ -68,6 +69,57 @@ def test_old_checkpoints_go_only_after_the_new_one_is_in_place(tmp_path):
     assert sorted(p.name for p in tmp_path.glob('iter_*')) == ['iter_2.pth', 'iter_3.pth']
     assert not list(tmp_path.glob('*.tmp'))
     assert torch.load(tmp_path / 'iter_3.pth')['meta']['iter'] == 3
+
+
+def _best_runner(work_dir, step, die_during_write=False):
+    def save_checkpoint(out_dir, filename, *args, **kwargs):
+        path = os.path.join(out_dir, filename)
+        if die_during_write:
+            with open(path, 'wb') as f:
+                f.write(b'PK\x03\x04 partial')
+            raise _KilledWhileWriting
+        _save(path, step)
+
+    return SimpleNamespace(work_dir=str(work_dir), epoch=0, iter=step, logger=logging.getLogger(),
+                           save_checkpoint=save_checkpoint,
+                           message_hub=MessageHub.get_instance(f'best-test-{time.time()}'))
+
+
+def _best_hook(work_dir):
+    hook = AtomicCheckpointHook(interval=1, by_epoch=False, save_best='acc', rule='greater')
+    hook.out_dir, hook.file_backend = str(work_dir), LocalBackend()
+    hook.best_ckpt_path = None
+    return hook
+
+
+def test_a_kill_while_writing_the_best_keeps_the_previous_best(tmp_path):
+    hook = _best_hook(tmp_path)
+    runner = _best_runner(tmp_path, 1)
+    hook._save_best_checkpoint(runner, {'acc': 0.5})
+    first = tmp_path / 'best_acc_iter_1.pth'
+    assert is_complete_checkpoint(str(first)) and not list(tmp_path.glob('*.tmp'))
+    killed = _best_runner(tmp_path, 2, die_during_write=True)
+    killed.message_hub = runner.message_hub
+    with pytest.raises(_KilledWhileWriting):
+        hook._save_best_checkpoint(killed, {'acc': 0.7})
+    # mmengine's hook deletes best_acc_iter_1.pth first and writes best_acc_iter_2.pth in place.
+    assert is_complete_checkpoint(str(first))
+    assert not (tmp_path / 'best_acc_iter_2.pth').exists()
+    assert hook.file_backend.remove.__func__ is LocalBackend.remove  # the hook's patches are gone
+    assert killed.save_checkpoint.__name__ == 'save_checkpoint'
+
+
+def test_the_previous_best_goes_only_after_the_new_one_is_in_place(tmp_path):
+    hook = _best_hook(tmp_path)
+    runner = _best_runner(tmp_path, 1)
+    hook._save_best_checkpoint(runner, {'acc': 0.5})
+    for step, acc in ((2, 0.4), (3, 0.9)):  # 0.4 is not better: nothing changes
+        later = _best_runner(tmp_path, step)
+        later.message_hub = runner.message_hub
+        hook._save_best_checkpoint(later, {'acc': acc})
+    assert [p.name for p in tmp_path.iterdir()] == ['best_acc_iter_3.pth']
+    assert torch.load(tmp_path / 'best_acc_iter_3.pth')['meta']['iter'] == 3
+    assert hook.best_ckpt_path == str(tmp_path / 'best_acc_iter_3.pth')
 
 
 def test_resume_falls_back_from_a_missing_or_truncated_checkpoint(tmp_path):

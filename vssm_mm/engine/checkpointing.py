@@ -5,7 +5,8 @@ writes the new file in place and only then updates ``last_checkpoint``. A ``kill
 window leaves ``last_checkpoint`` naming a missing or half-written file, and with
 ``max_keep_ckpts=1`` no complete checkpoint at all. :class:`AtomicCheckpointHook` writes to a
 temporary file, fsyncs it, renames it into place, then updates ``last_checkpoint`` (also by
-rename) and deletes old checkpoints last. :func:`find_resume_checkpoint` picks what to resume
+rename) and deletes old checkpoints last; the ``best_*`` checkpoints of ``save_best`` (which
+mmengine also deletes first and writes in place) get the same order. :func:`find_resume_checkpoint` picks what to resume
 from: the newest complete checkpoint, with a message when the one named is missing or truncated.
 """
 import os
@@ -165,6 +166,52 @@ class AtomicCheckpointHook(CheckpointHook):
             old_path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
             if old != step and osp.isfile(old_path):
                 os.remove(old_path)
+
+
+    def _save_best_checkpoint(self, runner, metrics):
+        """mmengine's choice of the best checkpoint, with its writes reordered.
+
+        mmengine deletes the previous ``best_*`` file first and then writes the new one in
+        place, so a kill in between leaves no best checkpoint, or half of one. Here the new one
+        goes to ``<name>.tmp`` and is renamed into place, and the previous one is deleted only
+        after that.
+        """
+        if not self.save_best or not isinstance(self.file_backend, LocalBackend):
+            return super()._save_best_checkpoint(runner, metrics)
+        superseded: List[str] = []
+
+        def defer_removal(path, *args, **kwargs):
+            superseded.append(str(path))
+
+        def save_then_rename(out_dir, filename, *args, **kwargs):
+            if filename.endswith('.tmp'):  # a periodic checkpoint: already written atomically
+                return save(out_dir, filename, *args, **kwargs)
+            path = self.file_backend.join_path(out_dir, filename)
+            save(out_dir, filename + '.tmp', *args, **kwargs)
+            if is_main_process():
+                replace_durably(path + '.tmp', path)
+
+        save, runner_has_own = runner.save_checkpoint, 'save_checkpoint' in vars(runner)
+        runner.save_checkpoint = save_then_rename
+        self.file_backend.remove = self.file_backend.rmtree = defer_removal
+        try:
+            super()._save_best_checkpoint(runner, metrics)
+        finally:
+            del self.file_backend.remove, self.file_backend.rmtree
+            if runner_has_own:
+                runner.save_checkpoint = save
+            else:
+                del runner.save_checkpoint
+        current = {osp.abspath(p) for p in [getattr(self, 'best_ckpt_path', None),
+                                            *getattr(self, 'best_ckpt_path_dict', {}).values()]
+                   if p}
+        for path in superseded:
+            if osp.abspath(path) in current:
+                continue
+            if osp.isdir(path):
+                self.file_backend.rmtree(path)
+            elif osp.isfile(path):
+                os.remove(path)
 
 
 def use_atomic_checkpoints(cfg) -> None:
