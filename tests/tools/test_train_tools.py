@@ -36,6 +36,20 @@ def test_train_then_test(library, demo_data, tmp_path):
     assert metric in result.stdout + result.stderr
 
 
+def test_validate_before_train_with_save_best(demo_data, tmp_path):
+    """The validation at iteration 0 runs after the checkpoint hook is set up (it crashed
+    when it ran first), and save_best leaves one complete best checkpoint, no temporary file."""
+    _require('mmpretrain')
+    work_dir = tmp_path / 'work'
+    result = run_tool(['tools/train.py', 'tests/configs/plumbing_cls_best.py', '--work-dir',
+                       str(work_dir)], env={'VSSM_DEMO_DATA': str(demo_data)})
+    assert 'at 0 iter is saved to best_accuracy_top1_iter_0.pth' in result.stdout + result.stderr
+    from vssm_mm.engine.checkpointing import is_complete_checkpoint
+    best = sorted(work_dir.glob('best_*.pth'))
+    assert len(best) == 1 and is_complete_checkpoint(str(best[0])), best
+    assert not list(work_dir.glob('*.tmp'))
+
+
 def test_resume_continues_where_it_stopped(demo_data, tmp_path):
     """2 iterations + resume to 4 gives the same weights and optimizer state as 4 straight.
 

@@ -49,10 +49,12 @@ class ValidateBeforeTrainHook(Hook):
     """Run the validation loop once before the first training iteration.
 
     Logs the untrained model's metrics at iteration 0, so a run's curves start from the
-    baseline the training has to beat. Skipped when resuming.
+    baseline the training has to beat. Skipped when resuming. Its priority is the lowest, so
+    that it runs after every other hook's ``before_train`` (the checkpoint hook's sets up the
+    ``save_best`` checkpoint that this validation may write).
     """
 
-    priority = 'LOW'
+    priority = 'LOWEST'
 
     def before_train(self, runner):
         if runner.iter == 0 and runner.val_loop is not None:
