@@ -495,10 +495,9 @@ void fwd_unit_impl(const FwdArgs &a, int64_t unit, float *scratch) {
       }
     }
     store_tile(a.out + row + t0, L, yy, un.nl, T, a.stream_out);
-    for (int l = 0; l < un.nl; ++l) {
-      float *dst = a.states + ((un.b * s.dim + un.c0 + l) * s.n_chunks + k) * N;
-      for (int64_t n = 0; n < N; ++n) dst[n] = h[n * W + l];
-    }
+    // The state after the chunk: lane l's N states to its channel's row of states.
+    store_tile(a.states + ((un.b * s.dim + un.c0) * s.n_chunks + k) * N, s.n_chunks * N, h,
+               un.nl, N);
   }
 #if defined(VSSM_AVX512)
   _mm_sfence();  // the streaming stores are visible to other threads after this
@@ -589,11 +588,11 @@ void bwd_unit_impl(const BwdArgs &a, int64_t unit, float *scratch) {
         for (int64_t i = 0; i < T * W; ++i) dy[i] = go[i];
       }
       // The states of the chunk, from the state saved after the previous chunk.
-      for (int l = 0; l < W; ++l) {
-        const float *src = k > 0 && l < un.nl
-                               ? a.states + ((b * s.dim + un.c0 + l) * s.n_chunks + k - 1) * N
-                               : nullptr;
-        for (int64_t n = 0; n < N; ++n) H[n * W + l] = src != nullptr ? src[n] : 0.0f;
+      if (k > 0) {
+        load_tile(H, a.states + ((b * s.dim + un.c0) * s.n_chunks + k - 1) * N, s.n_chunks * N,
+                  un.nl, N);
+      } else {
+        for (int64_t i = 0; i < N * W; ++i) H[i] = 0.0f;
       }
       // The unit's next rows: the next vector's in this chunk, else the first's in the chunk
       // before.
