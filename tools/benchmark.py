@@ -164,6 +164,8 @@ def main(argv=None):
     args = parse_args(argv)
     if args.scan_backend != 'auto':
         os.environ['VSSM_SCAN_BACKEND'] = args.scan_backend
+    from vssm_mm.engine.allocator import reuse_freed_memory
+    reuse_freed_memory()  # as tools/train.py and test.py do (VSSM_MALLOC_DEFAULTS=1: off)
     import torch
     from mmengine.config import Config
     from mmengine.registry import init_default_scope

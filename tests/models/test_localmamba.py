@@ -198,6 +198,26 @@ def test_localvmamba_logits_equal_official(name):
     assert (_logits(default, non_square, state) - fixture['logits_non_square']).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize('length', [1, 2, 3, 4, 9, 196])
+def test_causal_conv_equals_conv1d(length):
+    """The CPU path (shifted multiply-adds) gives F.conv1d's causal outputs and gradients."""
+    from vssm_mm.models.backbones.localvim import CausalDepthwiseConv1d
+    conv = CausalDepthwiseConv1d(6, 4).double()
+    x = torch.randn(2, 6, length, dtype=torch.float64, requires_grad=True)
+    expected = F.conv1d(x, conv.weight, conv.bias, padding=3, groups=6)[..., :length]
+    assert torch.allclose(conv(x), expected, rtol=1e-12, atol=1e-12)
+    torch.autograd.gradcheck(conv, (x, ))
+    conv.bias = None
+    assert torch.allclose(conv(x), F.conv1d(x, conv.weight, None, padding=3,
+                                            groups=6)[..., :length], rtol=1e-12, atol=1e-12)
+    conv = conv.float()  # float32, and under autocast the conv1d path in bfloat16
+    x32 = x.detach().float()
+    assert torch.allclose(conv(x32), F.conv1d(x32, conv.weight, None, padding=3,
+                                              groups=6)[..., :length], rtol=1e-5, atol=1e-6)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        assert conv(x32).dtype == torch.bfloat16
+
+
 @pytest.mark.parametrize('size', [(64, 64), (97, 75), (33, 130)])
 def test_any_input_size(size):
     vim = LocalVim(VIM_SMALL, out_indices=(0, 1, 2, 3), final_norm=False).eval()

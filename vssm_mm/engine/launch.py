@@ -50,7 +50,10 @@ def load_config(path, cfg_options=None, work_dir=None, launcher='none'):
     import vssm_mm  # noqa: F401  (installs the safe checkpoint loader; registers the scope)
     from mmengine.config import Config
 
+    from .allocator import reuse_freed_memory
     from .checkpointing import use_atomic_checkpoints
+
+    reuse_freed_memory()  # no page faults on every iteration's activations (allocator.py)
 
     cfg = Config.fromfile(path)
     if cfg_options:
