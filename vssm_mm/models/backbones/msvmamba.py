@@ -90,7 +90,9 @@ class MSVMambaV1Mixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, z = self.in_proj(x).chunk(2, dim=-1)
+        # Two products with the halves of in_proj's weight: x and z come out contiguous (the
+        # two depthwise convs copied a strided chunk of one product first).
+        x, z = (F.linear(x, w) for w in self.in_proj.weight.chunk(2, dim=0))
         size = x.shape[1:3]
         y_full, y_low, low_size = self.scan(x.permute(0, 3, 1, 2))
         y_full = self.out_norm(y_full.transpose(1, 2)).transpose(1, 2)
