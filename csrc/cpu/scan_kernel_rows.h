@@ -36,23 +36,8 @@ struct Flag {
 // grad != nullptr, the activation's derivative into grad; all padded to kChunk with zeros
 // beyond T in u (so du = 0 there).
 void row_delta(float *dt, float *du, float *grad, const float *u, float bias, bool softplus) {
-  if (!softplus) {
-    for (int64_t t = 0; t < kChunk; t += W) {
-      const V d = vload(dt + t) + bias;
-      vstore(dt + t, d);
-      vstore(du + t, d * vload(u + t));
-    }
-    return;
-  }
-  float e[kChunk];  // the exps first, in a loop of their own (see vsoftplus)
-  for (int64_t t = 0; t < kChunk; t += W) vstore(e + t, softplus_exp(vload(dt + t) + bias));
-  for (int64_t t = 0; t < kChunk; t += W) {
-    const V x = vload(dt + t) + bias, ev = vload(e + t);
-    if (grad != nullptr) vstore(grad + t, vsoftplus_grad(x, ev));
-    const V d = vsoftplus(x, ev);
-    vstore(dt + t, d);
-    vstore(du + t, d * vload(u + t));
-  }
+  activate_delta(dt, grad, vset(bias), softplus, kChunk / W);  // the row as kChunk / W vectors
+  for (int64_t t = 0; t < kChunk; t += W) vstore(du + t, vload(dt + t) * vload(u + t));
 }
 
 // One token of one channel: the N / W state vectors h advance by one token; returns the W

@@ -6,8 +6,9 @@ window leaves ``last_checkpoint`` naming a missing or half-written file, and wit
 ``max_keep_ckpts=1`` no complete checkpoint at all. :class:`AtomicCheckpointHook` writes to a
 temporary file, fsyncs it, renames it into place, then updates ``last_checkpoint`` (also by
 rename) and deletes old checkpoints last; the ``best_*`` checkpoints of ``save_best`` (which
-mmengine also deletes first and writes in place) get the same order. :func:`find_resume_checkpoint` picks what to resume
-from: the newest complete checkpoint, with a message when the one named is missing or truncated.
+mmengine also deletes first and writes in place) get the same order.
+:func:`find_resume_checkpoint` picks what to resume from: the newest complete checkpoint, with a
+message when the one named is missing or truncated.
 """
 import os
 import os.path as osp
@@ -166,7 +167,6 @@ class AtomicCheckpointHook(CheckpointHook):
             old_path = self.file_backend.join_path(self.out_dir, self.filename_tmpl.format(old))
             if old != step and osp.isfile(old_path):
                 os.remove(old_path)
-
 
     def _save_best_checkpoint(self, runner, metrics):
         """mmengine's choice of the best checkpoint, with its writes reordered.
