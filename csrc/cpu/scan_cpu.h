@@ -12,6 +12,9 @@ namespace vssm_cpu {
 // recomputes a chunk's states from the previous one.
 constexpr int64_t kChunk = 64;
 constexpr int64_t kMaxDState = 256;
+// Pixels per block of the channels-first LayerNorm (norm_gate_channels): the (C, block) tile is
+// read three times and should stay in L2.
+constexpr int64_t kNormPixels = 256;
 
 struct ScanShape {
   int64_t batch, dim, dim_delta, ratio, groups, per_group, dstate, length, n_chunks;
@@ -62,6 +65,13 @@ struct Kernels {
   int64_t (*bwd_row_scratch)(const ScanShape &, int64_t rows_per_unit);
   void (*fwd_row)(const FwdArgs &, int64_t unit, float *scratch);
   void (*bwd_row)(const BwdArgs &, int64_t unit, float *scratch);
+  // LayerNorm over the channels of n pixels (a multiple of lanes, at most kNormPixels) of a
+  // channels-first map, then the optional SiLU gate (every instruction set; norm_gate_cpu.cpp).
+  void (*norm_gate_channels)(const float *x, int64_t x_stride, int64_t C, int64_t n,
+                             const float *w, const float *b, float eps, const float *z,
+                             int64_t z_stride, float *out, int64_t out_stride);
+  // acc (C floats) += the sum of the LayerNorms (no affine part) of contiguous rows of C floats.
+  void (*norm_sum_rows)(const float *x, int64_t rows, int64_t C, float eps, float *acc);
 };
 
 // nullptr when the instruction set was not compiled in (the CPU is checked by the caller).

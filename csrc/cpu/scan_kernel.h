@@ -732,6 +732,90 @@ void bwd_unit(const BwdArgs &a, int64_t unit, float *scratch) {
   }
 }
 
+
+// LayerNorm over the C channels of n pixels of a channels-first (C, pixels) map, then the
+// optional SiLU gate: out[c, j] = ((x[c, j] - mean_j) * rstd_j * w[c] + b[c]) * z[c, j] *
+// sigmoid(z[c, j]), the biased variance as torch's layer_norm. Vectors run along the pixels, so
+// no transposition is needed: three passes over the (C, n) block (mean, variance, output), which
+// stays in the caches (n <= kNormPixels). n is a multiple of W; x, z and out rows are their
+// strides apart; w, b and z may be nullptr.
+void norm_gate_channels(const float *x, int64_t x_stride, int64_t C, int64_t n, const float *w,
+                        const float *b, float eps, const float *z, int64_t z_stride, float *out,
+                        int64_t out_stride) {
+  constexpr int64_t kMaxVectors = kNormPixels / W;
+  const int64_t nv = n / W;
+  V mean[kMaxVectors], rstd[kMaxVectors];
+  for (int64_t v = 0; v < nv; ++v) mean[v] = V{};
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t v = 0; v < nv; ++v) mean[v] += vload(x + c * x_stride + v * W);
+  const float inv_c = 1.0f / static_cast<float>(C);
+  for (int64_t v = 0; v < nv; ++v) {
+    mean[v] = mean[v] * inv_c;
+    rstd[v] = V{};
+  }
+  for (int64_t c = 0; c < C; ++c)
+    for (int64_t v = 0; v < nv; ++v) {
+      const V d = vload(x + c * x_stride + v * W) - mean[v];
+      rstd[v] += d * d;
+    }
+  for (int64_t v = 0; v < nv; ++v) {
+    float lanes[W];
+    vstore(lanes, rstd[v] * inv_c + eps);
+    for (int l = 0; l < W; ++l) lanes[l] = 1.0f / __builtin_sqrtf(lanes[l]);
+    rstd[v] = vload(lanes);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const V wc = vset(w != nullptr ? w[c] : 1.0f), bc = vset(b != nullptr ? b[c] : 0.0f);
+    const float *xr = x + c * x_stride;
+    float *outr = out + c * out_stride;
+    if (z != nullptr) {
+      const float *zr = z + c * z_stride;
+      for (int64_t v = 0; v < nv; ++v) {
+        const V zv = vload(zr + v * W);
+        const V y = (vload(xr + v * W) - mean[v]) * rstd[v] * wc + bc;
+        vstore(outr + v * W, (y * zv) / (1.0f + vexp(-zv)));  // y silu(z), one division
+      }
+    } else {
+      for (int64_t v = 0; v < nv; ++v)
+        vstore(outr + v * W, (vload(xr + v * W) - mean[v]) * rstd[v] * wc + bc);
+    }
+  }
+}
+
+// acc[c] += sum over `rows` contiguous rows of C values of (x[r, c] - mean_r) * rstd_r: the
+// LayerNorm of each row without its affine part, summed (the channel attentions' mean token,
+// norm_gate_cpu.cpp). Two passes over each row for mean and variance, as norm_gate_channels.
+void norm_sum_rows(const float *x, int64_t rows, int64_t C, float eps, float *acc) {
+  const int64_t full = C - C % W, tail = C - full;
+  VI tail_mask;
+  for (int l = 0; l < W; ++l) tail_mask[l] = l < tail ? -1 : 0;
+  const float inv_c = 1.0f / static_cast<float>(C);
+  float xt[W] = {}, at[W] = {};
+  for (int64_t c = 0; c < tail; ++c) at[c] = acc[full + c];
+  for (int64_t r = 0; r < rows; ++r) {
+    const float *xr = x + r * C;
+    for (int64_t c = 0; c < tail; ++c) xt[c] = xr[full + c];
+    V sum = V{};
+    for (int64_t c = 0; c < full; c += W) sum += vload(xr + c);
+    if (tail) sum += vload(xt);
+    const V mean = vset(hsum(sum) * inv_c);
+    V sq = V{};
+    for (int64_t c = 0; c < full; c += W) {
+      const V d = vload(xr + c) - mean;
+      sq += d * d;
+    }
+    if (tail) {
+      const V d = vselect(tail_mask, vload(xt) - mean, V{});
+      sq += d * d;
+    }
+    const V rstd = vset(1.0f / __builtin_sqrtf(hsum(sq) * inv_c + eps));
+    for (int64_t c = 0; c < full; c += W)
+      vstore(acc + c, vload(acc + c) + (vload(xr + c) - mean) * rstd);
+    if (tail) vstore(at, vload(at) + (vload(xt) - mean) * rstd);
+  }
+  for (int64_t c = 0; c < tail; ++c) acc[full + c] = at[c];
+}
+
 #if defined(VSSM_ROW_KERNELS)
 #include "scan_kernel_rows.h"
 #endif
@@ -741,10 +825,12 @@ void bwd_unit(const BwdArgs &a, int64_t unit, float *scratch) {
 const Kernels *kernels() {
 #if defined(VSSM_ROW_KERNELS)
   static const Kernels k{VSSM_ISA_NAME, W,       fwd_scratch,     bwd_scratch, fwd_unit,
-                         bwd_unit,      fwd_row_scratch, bwd_row_scratch, fwd_row,  bwd_row};
+                         bwd_unit,      fwd_row_scratch, bwd_row_scratch, fwd_row,  bwd_row,
+                         norm_gate_channels, norm_sum_rows};
 #else
   static const Kernels k{VSSM_ISA_NAME, W,       fwd_scratch, bwd_scratch, fwd_unit,
-                         bwd_unit,      nullptr, nullptr,     nullptr,     nullptr};
+                         bwd_unit,      nullptr, nullptr,     nullptr,     nullptr,
+                         norm_gate_channels, norm_sum_rows};
 #endif
   return &k;
 }

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "gather_sum_cpu.h"
+#include "norm_gate_cpu.h"
 #include "scan_cpu.h"
 
 namespace vssm_cpu {
@@ -353,6 +354,21 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("gather_sum", &vssm_cpu::gather_sum,
         "(src (B, S, C, P), table (R, M, J) int64) -> out (B, R, C, J): the scan orders' "
         "gather-sum (vssm_mm/ops/scan_orders/gather.py)");
+  m.def("norm_gate_channels",
+        [](const at::Tensor &x, const std::optional<at::Tensor> &weight,
+           const std::optional<at::Tensor> &bias, double eps,
+           const std::optional<at::Tensor> &z) {
+          return vssm_cpu::norm_gate_channels(vssm_cpu::active_kernels(), x, weight, bias, eps, z);
+        },
+        "(x (B, C, J), weight, bias, eps, z (B, C, J)) -> out (B, C, J): layer_norm over C of "
+        "a channels-first map, times silu(z); float32 (norm_gate_cpu.h)");
+  m.def("layer_norm_mean",
+        [](const at::Tensor &x, const std::optional<at::Tensor> &weight,
+           const std::optional<at::Tensor> &bias, double eps) {
+          return vssm_cpu::layer_norm_mean(vssm_cpu::active_kernels(), x, weight, bias, eps);
+        },
+        "(x (B, T, C), weight, bias, eps) -> (B, C): the mean over tokens of layer_norm(x); "
+        "float32 (norm_gate_cpu.h)");
   m.def("set_row_kernels", [](bool enabled) { vssm_cpu::row_kernels_enabled() = enabled; },
         "switch the row kernels on (the default) or off (lane kernels for every N)");
 }

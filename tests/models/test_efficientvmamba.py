@@ -460,3 +460,32 @@ def test_one_training_iteration(task, config, demo_data, tmp_path):
     assert (tmp_path / 'iter_1.pth').is_file()
     scalars = runner.message_hub.log_scalars
     assert math.isfinite(scalars['train/loss'].current())
+
+
+@pytest.mark.parametrize('size', [(64, 64), (45, 70)])
+def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
+    """The mixers' float32 CPU inference path (channels-first norm and gate, compiled where
+    built) gives the standard path's outputs; gradients take the standard path."""
+    from vssm_mm.models.backbones import efficientvmamba
+    from vssm_mm.ops import norm_gate
+    torch.manual_seed(0)
+    model = EfficientVMamba(dict(dims=(16, 32, 48, 64), depths=(2, 2, 1, 1)),
+                            out_indices=(0, 1, 2, 3)).eval()
+    x = torch.randn(2, 3, *size)
+    calls = []
+    original = efficientvmamba.AtrousSSMMixer.forward_cpu_inference
+    monkeypatch.setattr(efficientvmamba.AtrousSSMMixer, 'forward_cpu_inference',
+                        lambda self, t: calls.append(1) or original(self, t))
+    with torch.no_grad():
+        fast = model(x)
+    assert len(calls) == (4 if norm_gate._extension() is not None else 0)
+    with monkeypatch.context() as patch:
+        patch.setattr(efficientvmamba, 'compiled_inference', lambda *tensors: False)
+        with torch.no_grad():
+            standard = model(x)
+    for a, b in zip(fast, standard):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    calls.clear()
+    outs = EfficientVMamba(dict(dims=(16, 32, 48, 64), depths=(1, 1, 1, 1)))(x)
+    outs[0].sum().backward()
+    assert calls == []

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import nn
 
+from vssm_mm.ops.norm_gate import compiled_inference, norm_gate_channels
 from vssm_mm.ops.scan_orders import atrous_merge, atrous_scan
 from vssm_mm.registry import MODELS
 
@@ -45,6 +46,8 @@ class AtrousSSMMixer(nn.Module):
         self.out_proj = nn.Linear(d_inner, dim, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if compiled_inference(x, *self.parameters()):
+            return self.forward_cpu_inference(x)
         # Two products with the halves of in_proj's weight: x and z come out contiguous (the
         # chunks of one product are strided, which the conv copied and silu(z) read slowly).
         x, z = (F.linear(x, w) for w in self.in_proj.weight.chunk(2, dim=0))
@@ -52,6 +55,25 @@ class AtrousSSMMixer(nn.Module):
         y = self.out_norm(atrous_merge(self.ssm(atrous_scan(x)), tuple(x.shape[2:]))
                           .permute(0, 2, 3, 1))
         return self.out_proj(y.to(x.dtype) * F.silu(z))
+
+    def forward_cpu_inference(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` for float32 CPU inference, with the norm and the gate channels-first.
+
+        Stage 1 of EfficientVMamba is bound by memory traffic on a CPU: after the merge, which
+        writes a channels-first map, :meth:`forward` copies it channel-last for ``out_norm``,
+        then the norm, silu(z) and the product each take a pass over the map. Here z is made
+        channels-first by its projection (a transposed product, no copy), one compiled pass
+        does norm and gate, and out_proj reads the result transposed, writing channel-last.
+        The values are the same to float32 rounding (tests/models/test_efficientvmamba.py).
+        """
+        batch, height, width, channels = x.shape
+        x_proj, z_proj = self.in_proj.weight.chunk(2, dim=0)
+        z = torch.matmul(z_proj, x.reshape(batch, height * width, channels).transpose(1, 2))
+        x = F.silu(self.conv(F.linear(x, x_proj).permute(0, 3, 1, 2)))
+        y = atrous_merge(self.ssm(atrous_scan(x)), (height, width)).flatten(2)  # (B, d, H*W)
+        y = norm_gate_channels(y, self.out_norm, z)
+        out = torch.bmm(y.transpose(1, 2), self.out_proj.weight.t().expand(batch, -1, -1))
+        return out.view(batch, height, width, -1)
 
 
 class LocalConvBranch(nn.Module):
@@ -86,8 +108,13 @@ class EVSSBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.norm(x)
-        return x + self.drop_path(self.channel_attn(self.mixer(h)) +
-                                  self.channel_attn(self.local(h)))
+        mixed, local = self.mixer(h), self.local(h)
+        if compiled_inference(x, *self.parameters()) and not self.training:
+            # Inference (DropPath is the identity): two multiply-adds where the two scalings,
+            # their sum and the residual take four passes over the map.
+            out = torch.addcmul(x, mixed, self.channel_attn.gate(mixed))
+            return out.addcmul_(local, self.channel_attn.gate(local))
+        return x + self.drop_path(self.channel_attn(mixed) + self.channel_attn(local))
 
 
 def _conv_bn(in_channels: int, out_channels: int, groups: int = 1) -> nn.Sequential:

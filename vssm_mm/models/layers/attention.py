@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vssm_mm.ops.norm_gate import compiled_inference, layer_norm_mean
+
 
 class TokenChannelAttention(nn.Module):
     """Channel gate from the normalised mean token: ``x * sigmoid(W2 GELU(W1 mean(LN(x))))``.
@@ -24,9 +26,18 @@ class TokenChannelAttention(nn.Module):
         self.expand = nn.Linear(reduced, channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-channel scale, ``(B, 1, ..., 1, C)``, that :meth:`forward` multiplies by."""
         dims = tuple(range(1, x.dim() - 1))
-        summary = self.norm(x).mean(dim=dims, keepdim=True)
-        return x * torch.sigmoid(self.expand(F.gelu(self.reduce(summary))))
+        if compiled_inference(x, self.norm.weight, self.norm.bias) and x.dim() >= 3:
+            # Float32 CPU inference: one pass, the normalised tokens are never written.
+            summary = layer_norm_mean(x.reshape(x.shape[0], -1, x.shape[-1]), self.norm)
+            summary = summary.view(x.shape[0], *([1] * len(dims)), x.shape[-1])
+        else:
+            summary = self.norm(x).mean(dim=dims, keepdim=True)
+        return torch.sigmoid(self.expand(F.gelu(self.reduce(summary))))
 
 
 class SqueezeExcite(nn.Module):
