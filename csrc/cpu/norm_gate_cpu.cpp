@@ -38,12 +38,16 @@ at::Tensor norm_gate_channels(const Kernels *kernels, const at::Tensor &x_in,
   };
   const at::Tensor w = vec(weight, "weight"), b = vec(bias, "bias");
   at::Tensor z;
+  bool z_channel_last = false;
   if (z_in) {
     TORCH_CHECK(z_in->device().is_cpu() && z_in->scalar_type() == at::kFloat &&
                     z_in->sizes() == x_in.sizes(),
                 "norm_gate_channels (cpu): z must be a float32 CPU tensor of x's shape ",
                 x_in.sizes(), ", got ", z_in->scalar_type(), " ", z_in->sizes());
-    z = pixels_contiguous(*z_in) ? *z_in : z_in->contiguous();
+    // Pixels contiguous (channels-first), or channels contiguous (a transposed view of a
+    // channel-last (B, J, C) map, transposed here block by block); anything else is copied.
+    z_channel_last = !pixels_contiguous(*z_in) && z_in->stride(1) == 1;
+    z = pixels_contiguous(*z_in) || z_channel_last ? *z_in : z_in->contiguous();
   }
   at::Tensor out = at::empty({B, C, J}, x.options().memory_format(at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
@@ -54,18 +58,26 @@ at::Tensor norm_gate_channels(const Kernels *kernels, const at::Tensor &x_in,
   float *out_p = out.data_ptr<float>();
   const int64_t xs_b = x.stride(0), xs_c = x.stride(1);
   const int64_t zs_b = z.defined() ? z.stride(0) : 0, zs_c = z.defined() ? z.stride(1) : 0;
+  const int64_t zs_j = z.defined() ? z.stride(2) : 0;
   const int64_t blocks = (J + kNormPixels - 1) / kNormPixels;
   const float epsf = static_cast<float>(eps);
   at::parallel_for(0, B * blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> pad;  // the last block's pixels when J is not a multiple of the lanes
+    std::vector<float> z_rows(z_channel_last ? C * kNormPixels : 0);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t bi = task / blocks, j0 = (task % blocks) * kNormPixels;
       const int64_t n = std::min(kNormPixels, J - j0), full = n - n % W;
       const float *xb = x_p + bi * xs_b + j0;
-      const float *zb = z_p != nullptr ? z_p + bi * zs_b + j0 : nullptr;
+      const float *zb = z_p != nullptr ? z_p + bi * zs_b + j0 * zs_j : nullptr;
+      int64_t z_rs = zs_c;  // distance between the block's channel rows of z
+      if (z_channel_last) {
+        kernels->transpose_block(zb, zs_j, n, C, z_rows.data(), n);
+        zb = z_rows.data();
+        z_rs = n;
+      }
       float *ob = out_p + bi * C * J + j0;
       if (full > 0)
-        kernels->norm_gate_channels(xb, xs_c, C, full, w_p, b_p, epsf, zb, zs_c, ob, J);
+        kernels->norm_gate_channels(xb, xs_c, C, full, w_p, b_p, epsf, zb, z_rs, ob, J);
       if (full < n) {
         // Stage the remaining n - full pixels through zero-padded (C, W) tiles.
         const int64_t rest = n - full;
@@ -74,7 +86,7 @@ at::Tensor norm_gate_channels(const Kernels *kernels, const at::Tensor &x_in,
         for (int64_t c = 0; c < C; ++c)
           for (int64_t j = 0; j < rest; ++j) {
             px[c * W + j] = xb[c * xs_c + full + j];
-            if (zb != nullptr) pz[c * W + j] = zb[c * zs_c + full + j];
+            if (zb != nullptr) pz[c * W + j] = zb[c * z_rs + full + j];
           }
         kernels->norm_gate_channels(px, W, C, W, w_p, b_p, epsf, zb != nullptr ? pz : nullptr,
                                     W, po, W);

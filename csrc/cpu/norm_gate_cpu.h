@@ -12,7 +12,9 @@ namespace vssm_cpu {
 
 // x (B, C, J) float32 -> out (B, C, J): out[b, :, j] = layer_norm(x[b, :, j]) * w + bias, times
 // silu(z[b, :, j]) with z (B, C, J); weight, bias (C,) and z optional. x and z may have any
-// batch and channel strides with contiguous pixels. `kernels` gives the block routine.
+// batch and channel strides with contiguous pixels; z may also have contiguous channels (a
+// transposed view of a channel-last (B, J, C) map), transposed block by block on the way.
+// `kernels` gives the block routines.
 at::Tensor norm_gate_channels(const Kernels *kernels, const at::Tensor &x,
                               const std::optional<at::Tensor> &weight,
                               const std::optional<at::Tensor> &bias, double eps,

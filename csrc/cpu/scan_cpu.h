@@ -72,6 +72,9 @@ struct Kernels {
                              int64_t z_stride, float *out, int64_t out_stride);
   // acc (C floats) += the sum of the LayerNorms (no affine part) of contiguous rows of C floats.
   void (*norm_sum_rows)(const float *x, int64_t rows, int64_t C, float eps, float *acc);
+  // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols.
+  void (*transpose_block)(const float *src, int64_t src_stride, int64_t rows, int64_t cols,
+                          float *dst, int64_t dst_stride);
 };
 
 // nullptr when the instruction set was not compiled in (the CPU is checked by the caller).

@@ -782,6 +782,28 @@ void norm_gate_channels(const float *x, int64_t x_stride, int64_t C, int64_t n, 
   }
 }
 
+// dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols (x86: 8 x 8 register
+// transposes, the edges one by one): a channel-last block of pixels to channels-first rows.
+void transpose_block(const float *src, int64_t src_stride, int64_t rows, int64_t cols, float *dst,
+                     int64_t dst_stride) {
+  int64_t r0 = 0;
+#if defined(VSSM_AVX2) || defined(VSSM_AVX512)
+  for (; r0 + 8 <= rows; r0 += 8) {
+    int64_t c0 = 0;
+    for (; c0 + 8 <= cols; c0 += 8) {
+      __m256 v[8];
+      for (int k = 0; k < 8; ++k) v[k] = _mm256_loadu_ps(src + (r0 + k) * src_stride + c0);
+      transpose8(v);
+      for (int k = 0; k < 8; ++k) _mm256_storeu_ps(dst + (c0 + k) * dst_stride + r0, v[k]);
+    }
+    for (; c0 < cols; ++c0)
+      for (int64_t r = r0; r < r0 + 8; ++r) dst[c0 * dst_stride + r] = src[r * src_stride + c0];
+  }
+#endif
+  for (int64_t r = r0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
+}
+
 // acc[c] += sum over `rows` contiguous rows of C values of (x[r, c] - mean_r) * rstd_r: the
 // LayerNorm of each row without its affine part, summed (the channel attentions' mean token,
 // norm_gate_cpu.cpp). Two passes over each row for mean and variance, as norm_gate_channels.
@@ -826,11 +848,11 @@ const Kernels *kernels() {
 #if defined(VSSM_ROW_KERNELS)
   static const Kernels k{VSSM_ISA_NAME, W,       fwd_scratch,     bwd_scratch, fwd_unit,
                          bwd_unit,      fwd_row_scratch, bwd_row_scratch, fwd_row,  bwd_row,
-                         norm_gate_channels, norm_sum_rows};
+                         norm_gate_channels, norm_sum_rows, transpose_block};
 #else
   static const Kernels k{VSSM_ISA_NAME, W,       fwd_scratch, bwd_scratch, fwd_unit,
                          bwd_unit,      nullptr, nullptr,     nullptr,     nullptr,
-                         norm_gate_channels, norm_sum_rows};
+                         norm_gate_channels, norm_sum_rows, transpose_block};
 #endif
   return &k;
 }

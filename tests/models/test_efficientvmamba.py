@@ -464,14 +464,20 @@ def test_one_training_iteration(task, config, demo_data, tmp_path):
 
 @pytest.mark.parametrize('size', [(64, 64), (45, 70)])
 def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
-    """The mixers' float32 CPU inference path (channels-first norm and gate, compiled where
-    built) gives the standard path's outputs; gradients take the standard path."""
+    """The float32 CPU inference paths (channels-first norm and gate in the mixers, compiled
+    where built; the combine of the EVSS blocks; the channel attention's summary; BatchNorms
+    folded into their convolutions) give the standard path's outputs; gradients take the
+    standard path."""
     from vssm_mm.models.backbones import efficientvmamba
+    from vssm_mm.models.layers import attention, batchnorm_folding
     from vssm_mm.ops import norm_gate
     torch.manual_seed(0)
     model = EfficientVMamba(dict(dims=(16, 32, 48, 64), depths=(2, 2, 1, 1)),
-                            out_indices=(0, 1, 2, 3)).eval()
+                            out_indices=(0, 1, 2, 3))
     x = torch.randn(2, 3, *size)
+    with torch.no_grad():
+        model(x)  # training mode: the BatchNorms' running statistics move away from (0, 1)
+    model.eval()
     calls = []
     original = efficientvmamba.AtrousSSMMixer.forward_cpu_inference
     monkeypatch.setattr(efficientvmamba.AtrousSSMMixer, 'forward_cpu_inference',
@@ -481,6 +487,8 @@ def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
     assert len(calls) == (4 if norm_gate._extension() is not None else 0)
     with monkeypatch.context() as patch:
         patch.setattr(efficientvmamba, 'compiled_inference', lambda *tensors: False)
+        patch.setattr(attention, 'compiled_inference', lambda *tensors: False)
+        patch.setattr(batchnorm_folding, 'cpu_inference', lambda *tensors: False)
         with torch.no_grad():
             standard = model(x)
     for a, b in zip(fast, standard):

@@ -52,8 +52,9 @@ def test_kernel_matches_definition(isa, shape):
     try:
         ext.set_isa(isa)
         with torch.no_grad():
+            z_last = z.transpose(1, 2).contiguous().transpose(1, 2)  # channels contiguous
             for norm, gate in ((_norm(shape[1]), z), (_norm(shape[1], affine=False), None),
-                               (_norm(shape[1], seed=2), None)):
+                               (_norm(shape[1], seed=2), None), (_norm(shape[1]), z_last)):
                 out = norm_gate_channels(x, norm, gate)
                 assert out.is_contiguous() and out.dtype == torch.float32
                 torch.testing.assert_close(out.double(), _expected(x, norm, gate), rtol=2e-5,
@@ -72,6 +73,15 @@ def test_kernel_reads_strided_chunks():
     with torch.no_grad():
         out = norm_gate_channels(x, norm, z)
     torch.testing.assert_close(out.double(), _expected(x, norm, z), rtol=2e-5, atol=2e-5)
+    # z as a transposed view of a channel-last (B, J, C) map: transposed in blocks by the
+    # kernel (256 pixels per block: 300 pixels make a partial second block and a tail).
+    for pixels in (77, 300):
+        xx = torch.randn(2, 20, pixels, generator=gen)
+        z_last = torch.randn(2, pixels, 20, generator=gen).transpose(1, 2)
+        with torch.no_grad():
+            out = norm_gate_channels(xx, norm, z_last)
+        torch.testing.assert_close(out.double(), _expected(xx, norm, z_last), rtol=2e-5,
+                                   atol=2e-5)
     # (C, B, J) storage seen as (B, C, J): what a single product over the whole batch gives.
     cbj = torch.randn(20, 2, 77, generator=gen).permute(1, 0, 2)
     with torch.no_grad():

@@ -29,18 +29,21 @@ def _extension():
     return ext if hasattr(ext, 'layer_norm_mean') else None
 
 
-def compiled_inference(*tensors: Optional[torch.Tensor]) -> bool:
-    """Whether the compiled CPU inference kernels apply to these tensors (parameters included):
-    all float32 on the CPU, no gradient needed, no jit trace (the FLOP counters), not under
-    torch.compile, and the extension built."""
+def cpu_inference(*tensors: Optional[torch.Tensor]) -> bool:
+    """Whether these tensors (parameters included) are in float32 CPU inference: all float32 on
+    the CPU, no gradient needed, no jit trace (the FLOP counters), not under torch.compile. The
+    CPU inference paths of the models run then, with the same values as the standard ones."""
     tensors = [t for t in tensors if t is not None]
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
         return False
     if any(t.dtype != torch.float32 or t.device.type != 'cpu' for t in tensors):
         return False
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        return False
-    return _extension() is not None
+    return not (torch.is_grad_enabled() and any(t.requires_grad for t in tensors))
+
+
+def compiled_inference(*tensors: Optional[torch.Tensor]) -> bool:
+    """:func:`cpu_inference`, and the kernels of ``vssm_mm._C_cpu`` built."""
+    return cpu_inference(*tensors) and _extension() is not None
 
 
 def norm_gate_channels(x: torch.Tensor, norm: nn.LayerNorm,

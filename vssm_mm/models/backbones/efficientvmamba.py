@@ -17,8 +17,8 @@ from vssm_mm.ops.norm_gate import compiled_inference, norm_gate_channels
 from vssm_mm.ops.scan_orders import atrous_merge, atrous_scan
 from vssm_mm.registry import MODELS
 
-from ..layers import (DropPath, PatchifyStem, PatchMerging, SelectiveSSM, SqueezeExcite, Stage,
-                      TokenChannelAttention)
+from ..layers import (ConvBN, DropPath, PatchifyStem, PatchMerging, SelectiveSSM, SqueezeExcite,
+                      Stage, TokenChannelAttention, conv_bn)
 from .base import VSSMBackboneMixin
 
 
@@ -61,15 +61,15 @@ class AtrousSSMMixer(nn.Module):
 
         Stage 1 of EfficientVMamba is bound by memory traffic on a CPU: after the merge, which
         writes a channels-first map, :meth:`forward` copies it channel-last for ``out_norm``,
-        then the norm, silu(z) and the product each take a pass over the map. Here z is made
-        channels-first by its projection (a transposed product, no copy), one compiled pass
-        does norm and gate, and out_proj reads the result transposed, writing channel-last.
+        then the norm, silu(z) and the product each take a pass over the map. Here one
+        compiled pass does norm and gate on the channels-first map (reading the channel-last z
+        in transposed blocks), and out_proj reads the result transposed, writing channel-last.
         The values are the same to float32 rounding (tests/models/test_efficientvmamba.py).
         """
-        batch, height, width, channels = x.shape
-        x_proj, z_proj = self.in_proj.weight.chunk(2, dim=0)
-        z = torch.matmul(z_proj, x.reshape(batch, height * width, channels).transpose(1, 2))
-        x = F.silu(self.conv(F.linear(x, x_proj).permute(0, 3, 1, 2)))
+        batch, height, width, _ = x.shape
+        x, z = (F.linear(x, w) for w in self.in_proj.weight.chunk(2, dim=0))
+        z = z.view(batch, height * width, -1).transpose(1, 2)  # read channels-first
+        x = F.silu(self.conv(x.permute(0, 3, 1, 2)))
         y = atrous_merge(self.ssm(atrous_scan(x)), (height, width)).flatten(2)  # (B, d, H*W)
         y = norm_gate_channels(y, self.out_norm, z)
         out = torch.bmm(y.transpose(1, 2), self.out_proj.weight.t().expand(batch, -1, -1))
@@ -86,7 +86,8 @@ class LocalConvBranch(nn.Module):
         self.pwconv = nn.Conv2d(dim, dim, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.gelu(self.norm(self.dwconv(x.permute(0, 3, 1, 2))))
+        # (in float32 CPU inference the BatchNorm is folded into the depthwise conv)
+        x = F.gelu(conv_bn(self.dwconv, self.norm, x.permute(0, 3, 1, 2)))
         return self.pwconv(x).permute(0, 2, 3, 1)
 
 
@@ -117,9 +118,9 @@ class EVSSBlock(nn.Module):
         return x + self.drop_path(self.channel_attn(mixed) + self.channel_attn(local))
 
 
-def _conv_bn(in_channels: int, out_channels: int, groups: int = 1) -> nn.Sequential:
+def _conv_bn(in_channels: int, out_channels: int, groups: int = 1) -> ConvBN:
     kernel = 1 if groups == 1 else 3
-    return nn.Sequential(
+    return ConvBN(
         nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, groups=groups,
                   bias=False), nn.BatchNorm2d(out_channels))
 
