@@ -291,3 +291,28 @@ def test_one_training_iteration(task, config, demo_data, tmp_path):
     assert (tmp_path / 'iter_1.pth').is_file()
     scalars = runner.message_hub.log_scalars
     assert math.isfinite(scalars['train/loss'].current())
+
+
+def test_cpu_inference_norm_equals_the_standard_path(monkeypatch):
+    """v1's out_norm over channels-first sequences: the compiled kernel (no_grad, float32 CPU)
+    gives torch's values."""
+    from vssm_mm.ops import norm_gate
+    torch.manual_seed(0)
+    model = MSVMamba(_fixture_arch('v1', True), out_indices=(0, 1, 2, 3)).eval()
+    for module in model.modules():
+        if isinstance(module, torch.nn.LayerNorm):
+            torch.nn.init.normal_(module.weight)
+            torch.nn.init.normal_(module.bias)
+    x = torch.randn(2, 3, 61, 45)
+    calls = []
+    kernel = norm_gate._extension
+    monkeypatch.setattr(norm_gate, '_extension', lambda: calls.append(1) or kernel())
+    with torch.no_grad():
+        fast = model(x)
+    assert calls or kernel() is None
+    with monkeypatch.context() as patch:
+        patch.setattr(norm_gate, 'compiled_inference', lambda *tensors: False)
+        with torch.no_grad():
+            standard = model(x)
+    for a, b in zip(fast, standard):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

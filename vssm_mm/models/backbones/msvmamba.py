@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import nn
 
+from vssm_mm.ops.norm_gate import norm_gate_channels
 from vssm_mm.ops.scan_orders import multiscale_merge, multiscale_scan
 from vssm_mm.registry import MODELS
 
@@ -95,8 +96,10 @@ class MSVMambaV1Mixer(nn.Module):
         x, z = (F.linear(x, w) for w in self.in_proj.weight.chunk(2, dim=0))
         size = x.shape[1:3]
         y_full, y_low, low_size = self.scan(x.permute(0, 3, 1, 2))
-        y_full = self.out_norm(y_full.transpose(1, 2)).transpose(1, 2)
-        y_low = self.out_norm(y_low.transpose(1, 2)).transpose(1, 2)
+        # out_norm over the channels of the channels-first sequences (one compiled pass in
+        # float32 CPU inference; torch's norm on the transposed view otherwise).
+        y_full = norm_gate_channels(y_full, self.out_norm)
+        y_low = norm_gate_channels(y_low, self.out_norm)
         map_full, map_low = multiscale_merge(y_full, y_low, tuple(size), tuple(low_size))
         y = map_full + F.interpolate(map_low, size=tuple(size), mode='bilinear',
                                      align_corners=False)
