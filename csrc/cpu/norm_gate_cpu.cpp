@@ -12,6 +12,21 @@
 #include <vector>
 
 namespace vssm_cpu {
+namespace {
+
+// A LayerNorm's optional weight or bias: a float32 (C,) CPU tensor, made contiguous; undefined
+// when absent.
+at::Tensor affine(const std::optional<at::Tensor> &t, int64_t C, const char *op,
+                  const char *name) {
+  if (!t) return at::Tensor();
+  TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 &&
+                  t->size(0) == C,
+              op, " (cpu): ", name, " must be a float32 (", C, ",) CPU tensor, got ",
+              t->scalar_type(), " ", t->sizes());
+  return t->contiguous();
+}
+
+}  // namespace
 
 at::Tensor norm_gate_channels(const Kernels *kernels, const at::Tensor &x_in,
                               const std::optional<at::Tensor> &weight,
@@ -28,15 +43,8 @@ at::Tensor norm_gate_channels(const Kernels *kernels, const at::Tensor &x_in,
     return t.size(2) <= 1 || t.stride(2) == 1;
   };
   const at::Tensor x = pixels_contiguous(x_in) ? x_in : x_in.contiguous();
-  auto vec = [&](const std::optional<at::Tensor> &t, const char *name) -> at::Tensor {
-    if (!t) return at::Tensor();
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 &&
-                    t->size(0) == C,
-                "norm_gate_channels (cpu): ", name, " must be a float32 (", C,
-                ",) CPU tensor, got ", t->scalar_type(), " ", t->sizes());
-    return t->contiguous();
-  };
-  const at::Tensor w = vec(weight, "weight"), b = vec(bias, "bias");
+  const at::Tensor w = affine(weight, C, "norm_gate_channels", "weight");
+  const at::Tensor b = affine(bias, C, "norm_gate_channels", "bias");
   at::Tensor z;
   bool z_channel_last = false;
   if (z_in) {
@@ -114,15 +122,8 @@ at::Tensor layer_norm_mean(const Kernels *kernels, const at::Tensor &x_in,
   // Each token's C values must be one contiguous row, and rows evenly spaced.
   const bool rows_ok = (C <= 1 || x_in.stride(2) == 1) && (T <= 1 || x_in.stride(1) == C);
   const at::Tensor x = rows_ok ? x_in : x_in.contiguous();
-  auto vec = [&](const std::optional<at::Tensor> &t, const char *name) -> at::Tensor {
-    if (!t) return at::Tensor();
-    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat && t->dim() == 1 &&
-                    t->size(0) == C,
-                "layer_norm_mean (cpu): ", name, " must be a float32 (", C,
-                ",) CPU tensor, got ", t->scalar_type(), " ", t->sizes());
-    return t->contiguous();
-  };
-  const at::Tensor w = vec(weight, "weight"), b = vec(bias, "bias");
+  const at::Tensor w = affine(weight, C, "layer_norm_mean", "weight");
+  const at::Tensor b = affine(bias, C, "layer_norm_mean", "bias");
   const int64_t blocks = (T + kMeanTokens - 1) / kMeanTokens;
   at::Tensor partial = at::zeros({B, blocks, C}, x.options());
   const float *x_p = x.data_ptr<float>();
