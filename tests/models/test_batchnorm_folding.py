@@ -64,3 +64,17 @@ def test_convbn_keeps_the_sequential_keys():
     x = torch.randn(1, 4, 5, 5)
     with torch.no_grad():
         torch.testing.assert_close(module(x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+
+
+def test_modules_made_in_inference_mode():
+    """Inference tensors have no version counter: their folds are computed, not cached."""
+    x = torch.randn(1, 4, 5, 5)
+    with torch.inference_mode():
+        conv, bn = _pair(4, 4)
+        first = conv_bn(conv, bn, x)
+        assert conv not in batchnorm_folding._FOLDED
+        bn.running_mean.add_(1.0)  # in place, inside inference mode
+        torch.testing.assert_close(conv_bn(conv, bn, x), bn(conv(x)), rtol=1e-5, atol=1e-5)
+        assert not torch.allclose(first, conv_bn(conv, bn, x))
+    with torch.no_grad():
+        torch.testing.assert_close(conv_bn(conv, bn, x), bn(conv(x)), rtol=1e-5, atol=1e-5)

@@ -21,10 +21,14 @@ _FOLDED: 'weakref.WeakKeyDictionary[nn.Conv2d, tuple]' = weakref.WeakKeyDictiona
 
 def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d):
     tensors = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
-    key = (id(bn), float(bn.eps)) + tuple(
-        None if t is None else (t.data_ptr(), t._version) for t in tensors)
+    # Inference tensors (a model made under torch.inference_mode()) have no version counter:
+    # their folds are not cached (they cannot change in place outside inference mode anyway,
+    # but inside it they can).
+    key = None if any(t is not None and t.is_inference() for t in tensors) else \
+        (id(bn), float(bn.eps)) + tuple(
+            None if t is None else (t.data_ptr(), t._version) for t in tensors)
     cached = _FOLDED.get(conv)
-    if cached is not None and cached[0] == key:
+    if key is not None and cached is not None and cached[0] == key:
         return cached[1], cached[2]
     with torch.no_grad():
         scale = torch.rsqrt(bn.running_var + bn.eps)
@@ -35,7 +39,8 @@ def _folded(conv: nn.Conv2d, bn: nn.BatchNorm2d):
         if bn.bias is not None:
             bias = bias + bn.bias
         weight = conv.weight * scale.view(-1, *([1] * (conv.weight.dim() - 1)))
-    _FOLDED[conv] = (key, weight, bias)
+    if key is not None:
+        _FOLDED[conv] = (key, weight, bias)
     return weight, bias
 
 
