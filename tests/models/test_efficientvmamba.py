@@ -487,6 +487,7 @@ def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
     assert len(calls) == (4 if norm_gate._extension() is not None else 0)
     with monkeypatch.context() as patch:
         patch.setattr(efficientvmamba, 'compiled_inference', lambda *tensors: False)
+        patch.setattr(efficientvmamba, 'cpu_inference', lambda *tensors: False)
         patch.setattr(attention, 'compiled_inference', lambda *tensors: False)
         patch.setattr(batchnorm_folding, 'cpu_inference', lambda *tensors: False)
         with torch.no_grad():

@@ -8,6 +8,6 @@ from .ssm import SelectiveSSM, compute_dtype, scan_sequences
 from .stage import Stage
 from .stems import PatchifyStem
 
-__all__ = ['ConvBN', 'ConvDownsample', 'DropPath', 'LayerNorm2d', 'Linear2d', 'PatchMerging', 'PatchifyStem',
-           'RMSNorm', 'SelectiveSSM', 'SqueezeExcite', 'Stage', 'TokenChannelAttention',
-           'compute_dtype', 'conv_bn', 'scan_sequences']
+__all__ = ['ConvBN', 'ConvDownsample', 'DropPath', 'LayerNorm2d', 'Linear2d', 'PatchMerging',
+           'PatchifyStem', 'RMSNorm', 'SelectiveSSM', 'SqueezeExcite', 'Stage',
+           'TokenChannelAttention', 'compute_dtype', 'conv_bn', 'scan_sequences']
