@@ -469,7 +469,7 @@ def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
     folded into their convolutions) give the standard path's outputs; gradients take the
     standard path."""
     from vssm_mm.models.backbones import efficientvmamba
-    from vssm_mm.models.layers import attention, batchnorm_folding
+    from vssm_mm.models.layers import batchnorm_folding
     from vssm_mm.ops import norm_gate
     torch.manual_seed(0)
     model = EfficientVMamba(dict(dims=(16, 32, 48, 64), depths=(2, 2, 1, 1)),
@@ -496,7 +496,6 @@ def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
     with monkeypatch.context() as patch:
         patch.setattr(norm_gate, 'compiled_inference', lambda *tensors: False)
         patch.setattr(efficientvmamba, 'cpu_inference', lambda *tensors: False)
-        patch.setattr(attention, 'compiled_inference', lambda *tensors: False)
         patch.setattr(batchnorm_folding, 'cpu_inference', lambda *tensors: False)
         with torch.no_grad():
             standard = model(x)

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vssm_mm.ops.norm_gate import compiled_inference, layer_norm_mean
+from vssm_mm.ops.norm_gate import layer_norm_mean
 
 
 class TokenChannelAttention(nn.Module):
@@ -30,13 +30,10 @@ class TokenChannelAttention(nn.Module):
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel scale, ``(B, 1, ..., 1, C)``, that :meth:`forward` multiplies by."""
-        dims = tuple(range(1, x.dim() - 1))
-        if compiled_inference(x, self.norm.weight, self.norm.bias) and x.dim() >= 3:
-            # Float32 CPU inference: one pass, the normalised tokens are never written.
-            summary = layer_norm_mean(x.reshape(x.shape[0], -1, x.shape[-1]), self.norm)
-            summary = summary.view(x.shape[0], *([1] * len(dims)), x.shape[-1])
-        else:
-            summary = self.norm(x).mean(dim=dims, keepdim=True)
+        # The mean normalised token; in float32 CPU inference one compiled pass that never
+        # writes the normalised tokens (layer_norm_mean).
+        summary = layer_norm_mean(x.reshape(x.shape[0], -1, x.shape[-1]), self.norm)
+        summary = summary.view(x.shape[0], *([1] * (x.dim() - 2)), x.shape[-1])
         return torch.sigmoid(self.expand(F.gelu(self.reduce(summary))))
 
 
