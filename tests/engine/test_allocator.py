@@ -64,6 +64,8 @@ def _in_heap(mode):
     return out.stdout.strip() == 'True'
 
 
+PAGES_PER_STEP = 32 * 1024 * 1024 // 4096
+
 linux = pytest.mark.skipif(not sys.platform.startswith('linux'), reason='glibc malloc settings')
 
 
@@ -79,9 +81,11 @@ def test_large_blocks_come_from_the_heap():
 def test_no_page_faults_in_a_steady_loop():
     for _ in range(2):
         reused = _run('on')
-        # A step allocates 32 MiB (8192 pages); glibc's defaults fault in most of them in some
-        # runs (about 9000 faults per step) and none in others, so the bound is absolute.
-        assert reused['applied'] and reused['faults'] < 100, reused
+        # A step allocates 32 MiB (8192 pages). glibc's defaults fault in most of them in some
+        # runs (about 9000 faults per step) and none in others, so the bound is absolute: under
+        # 1/16 of the step's pages. With the settings most runs fault in none; a busy machine
+        # showed about 100 per step (its kernel touching or moving pages behind the process).
+        assert reused['applied'] and reused['faults'] < PAGES_PER_STEP / 16, reused
         assert reused['rss_growth_kb'] < 16 * 1024, reused  # freed memory is reused, not leaked
 
 
