@@ -75,6 +75,11 @@ struct Kernels {
   // dst[c * dst_stride + r] = src[r * src_stride + c] for r < rows, c < cols.
   void (*transpose_block)(const float *src, int64_t src_stride, int64_t rows, int64_t cols,
                           float *dst, int64_t dst_stride);
+  // silu(depthwise k x k conv + bias) of a channel-last H x Wd x C map at n pixels (row-major
+  // indices, -1 for zeros), written as n rows of C floats out_stride apart (conv_scan_cpu.cpp).
+  void (*dwconv_silu_pixels)(const float *x, int64_t H, int64_t Wd, int64_t C, const float *w,
+                             const float *bias, int64_t k, const int64_t *pix, int64_t n,
+                             float *out, int64_t out_stride);
 };
 
 // nullptr when the instruction set was not compiled in (the CPU is checked by the caller).

@@ -804,6 +804,100 @@ void transpose_block(const float *src, int64_t src_stride, int64_t rows, int64_t
     for (int64_t c = 0; c < cols; ++c) dst[c * dst_stride + r] = src[r * src_stride + c];
 }
 
+// The depthwise convolution (k x k, odd k, stride 1, zero padding k / 2) of a channel-last
+// H x Wd map x of C channels at n pixels (row-major indices pix[j], -1 for a zero row), plus
+// bias, through SiLU: out[j * out_stride + c] for c < C. w holds the taps channel-innermost,
+// w[(dy * k + dx) * C + c]; bias may be nullptr. (conv_scan_cpu.cpp: the scan-order gather of
+// EfficientVMamba's mixer fused with its convolution and SiLU.)
+//
+// NB vectors of channels at a time, each with its own chain of multiply-adds (one chain waited
+// on the multiply-add latency), over all n pixels; for k = 3 the block's taps stay in
+// registers (the taps of every channel are 54 vectors at C = 96, which were loaded again for
+// every pixel).
+template <int NB, int K>
+VSSM_INLINE void dwconv_silu_block(const float *x, int64_t H, int64_t Wd, int64_t C,
+                                   const float *w, const float *bias, int64_t k,
+                                   const int64_t *pix, int64_t n, int64_t c, float *out,
+                                   int64_t out_stride) {
+  constexpr int KK = K > 0 ? K * K : 1;
+  V taps[KK][NB], b[NB];
+  for (int i = 0; i < NB; ++i) b[i] = bias != nullptr ? vload(bias + c + i * W) : V{};
+  if (K > 0)
+    for (int t = 0; t < KK; ++t)
+      for (int i = 0; i < NB; ++i) taps[t][i] = vload(w + t * C + c + i * W);
+  const int64_t r = k / 2;
+  for (int64_t j = 0; j < n; ++j) {
+    float *o = out + j * out_stride + c;
+    const int64_t p = pix[j];
+    if (p < 0) {
+      for (int i = 0; i < NB; ++i) vstore(o + i * W, V{});
+      continue;
+    }
+    const int64_t py = p / Wd, px = p % Wd;
+    const int64_t tap0 = ((py - r) * Wd + (px - r)) * C + c;  // tap (0, 0), maybe outside
+    V acc[NB];
+    for (int i = 0; i < NB; ++i) acc[i] = b[i];
+    if (K > 0 && py >= r && py + r < H && px >= r && px + r < Wd) {
+      for (int dy = 0; dy < (K > 0 ? K : 1); ++dy)
+        for (int dx = 0; dx < (K > 0 ? K : 1); ++dx) {
+          const float *xt = x + tap0 + (dy * Wd + dx) * C;
+          for (int i = 0; i < NB; ++i) acc[i] += taps[dy * K + dx][i] * vload(xt + i * W);
+        }
+    } else {
+      // The taps that land inside the map.
+      const int64_t dy0 = py < r ? r - py : 0, dy1 = py + r >= H ? H - py + r : k;
+      const int64_t dx0 = px < r ? r - px : 0, dx1 = px + r >= Wd ? Wd - px + r : k;
+      for (int64_t dy = dy0; dy < dy1; ++dy)
+        for (int64_t dx = dx0; dx < dx1; ++dx) {
+          const float *xt = x + tap0 + (dy * Wd + dx) * C, *wt = w + (dy * k + dx) * C + c;
+          for (int i = 0; i < NB; ++i) acc[i] += vload(wt + i * W) * vload(xt + i * W);
+        }
+    }
+    for (int i = 0; i < NB; ++i) vstore(o + i * W, acc[i] * vsigmoid(acc[i]));
+  }
+}
+
+void dwconv_silu_pixels(const float *x, int64_t H, int64_t Wd, int64_t C, const float *w,
+                        const float *bias, int64_t k, const int64_t *pix, int64_t n, float *out,
+                        int64_t out_stride) {
+  // Two vectors at a time where there are 32 vector registers (18 of them hold the taps).
+  constexpr int NB = W >= 16 ? 2 : 1;
+  const int64_t full = C - C % W;
+  int64_t c = 0;
+  if (k == 3) {
+    for (; c + NB * W <= full; c += NB * W)
+      dwconv_silu_block<NB, 3>(x, H, Wd, C, w, bias, k, pix, n, c, out, out_stride);
+    for (; c < full; c += W)
+      dwconv_silu_block<1, 3>(x, H, Wd, C, w, bias, k, pix, n, c, out, out_stride);
+  } else {
+    for (; c + NB * W <= full; c += NB * W)
+      dwconv_silu_block<NB, 0>(x, H, Wd, C, w, bias, k, pix, n, c, out, out_stride);
+    for (; c < full; c += W)
+      dwconv_silu_block<1, 0>(x, H, Wd, C, w, bias, k, pix, n, c, out, out_stride);
+  }
+  if (c == C) return;
+  const int64_t r = k / 2;
+  for (int64_t j = 0; j < n; ++j) {
+    float *o = out + j * out_stride;
+    const int64_t p = pix[j];
+    if (p < 0) {
+      for (int64_t cc = c; cc < C; ++cc) o[cc] = 0.0f;
+      continue;
+    }
+    const int64_t py = p / Wd, px = p % Wd;
+    const int64_t dy0 = py < r ? r - py : 0, dy1 = py + r >= H ? H - py + r : k;
+    const int64_t dx0 = px < r ? r - px : 0, dx1 = px + r >= Wd ? Wd - px + r : k;
+    const int64_t tap0 = ((py - r) * Wd + (px - r)) * C;
+    for (int64_t cc = c; cc < C; ++cc) {
+      float acc = bias != nullptr ? bias[cc] : 0.0f;
+      for (int64_t dy = dy0; dy < dy1; ++dy)
+        for (int64_t dx = dx0; dx < dx1; ++dx)
+          acc += w[(dy * k + dx) * C + cc] * x[tap0 + (dy * Wd + dx) * C + cc];
+      o[cc] = acc / (1.0f + __builtin_expf(-acc));
+    }
+  }
+}
+
 // acc[c] += sum over `rows` contiguous rows of C values of (x[r, c] - mean_r) * rstd_r: the
 // LayerNorm of each row without its affine part, summed (the channel attentions' mean token,
 // norm_gate_cpu.cpp). Two passes over each row for mean and variance, as norm_gate_channels.
@@ -848,11 +942,13 @@ const Kernels *kernels() {
 #if defined(VSSM_ROW_KERNELS)
   static const Kernels k{VSSM_ISA_NAME, W,       fwd_scratch,     bwd_scratch, fwd_unit,
                          bwd_unit,      fwd_row_scratch, bwd_row_scratch, fwd_row,  bwd_row,
-                         norm_gate_channels, norm_sum_rows, transpose_block};
+                         norm_gate_channels, norm_sum_rows, transpose_block,
+                         dwconv_silu_pixels};
 #else
   static const Kernels k{VSSM_ISA_NAME, W,       fwd_scratch, bwd_scratch, fwd_unit,
                          bwd_unit,      nullptr, nullptr,     nullptr,     nullptr,
-                         norm_gate_channels, norm_sum_rows, transpose_block};
+                         norm_gate_channels, norm_sum_rows, transpose_block,
+                         dwconv_silu_pixels};
 #endif
   return &k;
 }

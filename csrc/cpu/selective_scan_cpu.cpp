@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "conv_scan_cpu.h"
 #include "gather_sum_cpu.h"
 #include "norm_gate_cpu.h"
 #include "scan_cpu.h"
@@ -369,6 +370,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         },
         "(x (B, T, C), weight, bias, eps) -> (B, C): the mean over tokens of layer_norm(x); "
         "float32 (norm_gate_cpu.h)");
+  m.def("dwconv_silu_scan",
+        [](const at::Tensor &x, const at::Tensor &weight, const std::optional<at::Tensor> &bias,
+           const at::Tensor &index) {
+          return vssm_cpu::dwconv_silu_scan(vssm_cpu::active_kernels(), x, weight, bias, index);
+        },
+        "(x (B, H, W, C) channel-last, depthwise weight (C, 1, k, k), bias, index (R, J)) -> "
+        "out (B, R, C, J): silu(conv(x)) gathered into scan orders; float32 (conv_scan_cpu.h)");
   m.def("set_row_kernels", [](bool enabled) { vssm_cpu::row_kernels_enabled() = enabled; },
         "switch the row kernels on (the default) or off (lane kernels for every N)");
 }

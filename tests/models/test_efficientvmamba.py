@@ -464,13 +464,13 @@ def test_one_training_iteration(task, config, demo_data, tmp_path):
 
 @pytest.mark.parametrize('size', [(64, 64), (45, 70)])
 def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
-    """The float32 CPU inference paths (channels-first norm and gate in the mixers, compiled
-    where built; the combine of the EVSS blocks; the channel attention's summary; BatchNorms
-    folded into their convolutions) give the standard path's outputs; gradients take the
-    standard path."""
+    """The float32 CPU inference paths (the fused conv, SiLU and split into sub-grids, and the
+    channels-first norm and gate in the mixers, compiled where built; the combine of the EVSS
+    blocks; the channel attention's summary; BatchNorms folded into their convolutions) give
+    the standard path's outputs; gradients take the standard path."""
     from vssm_mm.models.backbones import efficientvmamba
     from vssm_mm.models.layers import batchnorm_folding
-    from vssm_mm.ops import norm_gate
+    from vssm_mm.ops import conv_scan, norm_gate
     torch.manual_seed(0)
     model = EfficientVMamba(dict(dims=(16, 32, 48, 64), depths=(2, 2, 1, 1)),
                             out_indices=(0, 1, 2, 3))
@@ -478,23 +478,32 @@ def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
     with torch.no_grad():
         model(x)  # training mode: the BatchNorms' running statistics move away from (0, 1)
     model.eval()
-    ext, calls = norm_gate._extension(), []
-    if ext is not None:  # count the mixers' calls of the compiled norm and gate
+    calls = []
+    for module, name in ((norm_gate, 'norm_gate_channels'), (conv_scan, 'dwconv_silu_scan')):
+        ext = module._extension()
+        if ext is None:
+            continue
 
-        class Spy:
-            def __getattr__(self, name):
-                return getattr(ext, name)
+        class Spy:  # counts the mixers' calls of the compiled pass
+            def __init__(self, ext=ext, name=name):
+                self.ext, self.name = ext, name
 
-            def norm_gate_channels(self, *args):
-                calls.append(1)
-                return ext.norm_gate_channels(*args)
+            def __getattr__(self, attr):
+                compiled = getattr(self.ext, attr)
+                if attr != self.name:
+                    return compiled
+                return lambda *args: calls.append(attr) or compiled(*args)
 
-        monkeypatch.setattr(norm_gate, '_extension', Spy)
+        spy = Spy()
+        monkeypatch.setattr(module, '_extension', lambda spy=spy: spy)
     with torch.no_grad():
         fast = model(x)
-    assert len(calls) == (4 if ext is not None else 0)
+    built = norm_gate._extension() is not None
+    assert sorted(calls) == (['dwconv_silu_scan'] * 4 + ['norm_gate_channels'] * 4
+                             if built else [])
     with monkeypatch.context() as patch:
         patch.setattr(norm_gate, 'compiled_inference', lambda *tensors: False)
+        patch.setattr(conv_scan, 'compiled_inference', lambda *tensors: False)
         patch.setattr(efficientvmamba, 'cpu_inference', lambda *tensors: False)
         patch.setattr(batchnorm_folding, 'cpu_inference', lambda *tensors: False)
         with torch.no_grad():

@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 from torch import nn
 
+from vssm_mm.ops.conv_scan import conv_silu_scan
 from vssm_mm.ops.norm_gate import cpu_inference, norm_gate_channels
-from vssm_mm.ops.scan_orders import atrous_merge, atrous_scan
+from vssm_mm.ops.scan_orders import ATROUS_DIRECTIONS, atrous_merge, get_scan_order
 from vssm_mm.registry import MODELS
 
 from ..layers import (ConvBN, DropPath, PatchifyStem, PatchMerging, SelectiveSSM, SqueezeExcite,
@@ -50,8 +51,10 @@ class AtrousSSMMixer(nn.Module):
         # Two products with the halves of in_proj's weight: x and z come out contiguous (the
         # chunks of one product are strided, which the conv copied and silu(z) read slowly).
         x, z = (F.linear(x, w) for w in self.in_proj.weight.chunk(2, dim=0))
-        x = F.silu(self.conv(x.permute(0, 3, 1, 2)))
-        y = atrous_merge(self.ssm(atrous_scan(x)), (height, width)).flatten(2)  # (B, d, H*W)
+        # silu(conv(x)) split into the four sub-grid sequences: in float32 CPU inference one
+        # compiled pass that computes each token where it is gathered; elsewhere the torch ops.
+        xs = conv_silu_scan(x, self.conv, get_scan_order(ATROUS_DIRECTIONS, height, width))
+        y = atrous_merge(self.ssm(xs), (height, width)).flatten(2)  # (B, d, H*W)
         # out_norm over the channels, times silu(z): in float32 CPU inference one compiled pass
         # over the channels-first map (reading z in transposed blocks) where a channel-last copy,
         # the norm, the SiLU and the product take a pass each (stage 1 is bound by memory
