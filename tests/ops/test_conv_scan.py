@@ -195,3 +195,25 @@ def test_extension_checks_its_arguments():
         ext.dwconv_silu_scan(x, conv.weight, conv.bias, index.int())
     with pytest.raises(RuntimeError, match='bias'):
         ext.dwconv_silu_scan(x, conv.weight, torch.randn(4), index)
+
+
+def test_a_build_without_the_pass_runs_the_torch_ops(monkeypatch):
+    """An extension built before the pass existed (or none at all) means the torch ops."""
+    from vssm_mm.ops.selective_scan import cpu_backend
+
+    class OldBuild:
+        pass
+
+    monkeypatch.setattr(cpu_backend, 'extension', lambda: OldBuild())
+    assert conv_scan._extension() is None
+    x, conv = torch.randn(1, 6, 6, 8), _conv(8)
+    order = get_scan_order(ATROUS_DIRECTIONS, 6, 6)
+    with torch.no_grad():
+        out = conv_silu_scan(x, conv, order)
+    torch.testing.assert_close(out.double(), _expected(x, conv, order))
+
+    def not_built():
+        raise ImportError('vssm_mm._C_cpu')
+
+    monkeypatch.setattr(cpu_backend, 'extension', not_built)
+    assert conv_scan._extension() is None

@@ -16,15 +16,11 @@ from torch import nn
 
 from .norm_gate import compiled_inference
 from .scan_orders.order import ScanOrder
+from .selective_scan.cpu_backend import extension_with
 
 
 def _extension():
-    try:
-        from vssm_mm.ops.selective_scan.cpu_backend import extension
-        ext = extension()
-    except ImportError:
-        return None
-    return ext if hasattr(ext, 'dwconv_silu_scan') else None
+    return extension_with('dwconv_silu_scan')
 
 
 def fusable(conv: nn.Conv2d, channels: int) -> bool:

@@ -21,12 +21,8 @@ from torch import nn
 
 
 def _extension():
-    try:
-        from vssm_mm.ops.selective_scan.cpu_backend import extension
-        ext = extension()
-    except ImportError:
-        return None
-    return ext if hasattr(ext, 'layer_norm_mean') else None
+    from .selective_scan.cpu_backend import extension_with
+    return extension_with('layer_norm_mean')
 
 
 def cpu_inference(*tensors: Optional[torch.Tensor]) -> bool:

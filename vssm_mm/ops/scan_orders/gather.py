@@ -113,12 +113,8 @@ def _gather_sum_torch(src: torch.Tensor, table: GatherTable) -> torch.Tensor:
 
 def _cpu_extension():
     """``vssm_mm._C_cpu`` when it is built (with its gather-sum), else None."""
-    try:
-        from vssm_mm.ops.selective_scan.cpu_backend import extension
-        ext = extension()
-    except ImportError:
-        return None
-    return ext if hasattr(ext, 'gather_sum') else None
+    from vssm_mm.ops.selective_scan.cpu_backend import extension_with
+    return extension_with('gather_sum')
 
 
 def cpu_available() -> bool:

@@ -33,6 +33,16 @@ def extension():
     return _ext
 
 
+def extension_with(name):
+    """``vssm_mm._C_cpu`` when it is built and binds ``name`` (an older build may not), else
+    None: the callers of its kernels outside the scan then run torch's ops."""
+    try:
+        ext = extension()
+    except ImportError:
+        return None
+    return ext if hasattr(ext, name) else None
+
+
 @contextlib.contextmanager
 def row_kernels(enabled):
     """Inside the block, use (``True``, the default) or do not use the row kernels, which run
