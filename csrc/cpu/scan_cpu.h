@@ -29,6 +29,11 @@ struct FwdArgs {
   float *out;                                          // (b, dim, L), gated by silu(z)
   bool stream_out;  // write out with streaming stores where the kernels have them (large outputs)
   float *states;                                       // (b, dim, n_chunks, N): state after each chunk
+  // Optional delta in low rank (the forward alone, selective_scan_fwd_lowrank): when dlow is
+  // not nullptr, delta[b, c, t] = sum_r dproj[c * rank + r] * dlow[b * dlow_sb +
+  // (c / dlow_block) * dlow_sk + r * dlow_sr + t], summed in order of r, and delta is unused.
+  const float *dlow = nullptr, *dproj = nullptr;
+  int64_t rank = 0, dlow_block = 1, dlow_sb = 0, dlow_sk = 0, dlow_sr = 0;
 };
 
 struct BwdArgs {

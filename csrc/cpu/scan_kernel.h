@@ -295,6 +295,33 @@ void load_delta_tile(float *tile, const float *delta_rows, const ScanShape &s, i
   }
 }
 
+// The (T, W) tile of delta for channels c0 .. c0 + nl - 1 from its low-rank factors (FwdArgs:
+// dlow, dproj): one multiply-add per rank and token when the lanes share their block of dlow
+// (the usual case: blocks of whole vectors), lane by lane otherwise; lanes >= nl are zero.
+void lowrank_delta_tile(float *tile, const FwdArgs &a, int64_t b, int64_t c0, int nl, int64_t t0,
+                        int64_t T) {
+  for (int64_t i = 0; i < T * W; ++i) tile[i] = 0.0f;
+  const float *low_b = a.dlow + b * a.dlow_sb + t0;
+  if (c0 / a.dlow_block == (c0 + nl - 1) / a.dlow_block) {
+    const float *low = low_b + (c0 / a.dlow_block) * a.dlow_sk;
+    for (int64_t r = 0; r < a.rank; ++r) {
+      float lanes[W];
+      for (int l = 0; l < W; ++l) lanes[l] = l < nl ? a.dproj[(c0 + l) * a.rank + r] : 0.0f;
+      const V p = vload(lanes);
+      const float *lr = low + r * a.dlow_sr;
+      for (int64_t t = 0; t < T; ++t) vstore(tile + t * W, vload(tile + t * W) + p * vset(lr[t]));
+    }
+    return;
+  }
+  for (int l = 0; l < nl; ++l) {
+    const float *low = low_b + ((c0 + l) / a.dlow_block) * a.dlow_sk;
+    for (int64_t r = 0; r < a.rank; ++r) {
+      const float p = a.dproj[(c0 + l) * a.rank + r];
+      for (int64_t t = 0; t < T; ++t) tile[t * W + l] += p * low[r * a.dlow_sr + t];
+    }
+  }
+}
+
 void store_tile(float *base, int64_t row_stride, const float *tile, int nl, int64_t T,
                 bool streaming = false) {
   int64_t t = 0;
@@ -456,18 +483,22 @@ void fwd_unit_impl(const FwdArgs &a, int64_t unit, float *scratch) {
   const float *Bg = a.B + (un.b * s.groups + un.g) * N * L;
   const float *Cg = a.C + (un.b * s.groups + un.g) * N * L;
   const int64_t row = (un.b * s.dim + un.c0) * L;
-  const float *delta_rows = a.delta + (un.b * s.dim_delta) * L;
+  const float *delta_rows = a.dlow == nullptr ? a.delta + (un.b * s.dim_delta) * L : nullptr;
   const float *u_rows = a.u + un.b * s.dim * L;
   const float *z_rows = a.z != nullptr ? a.z + un.b * s.dim * L : nullptr;
   // Always inlined, like prefetch_line (a call that only prefetches would be dropped).
   auto prefetch_next = [&](int64_t t, int64_t t1) __attribute__((always_inline)) {
     prefetch_line(u_rows, 1, s, un, t, t1);
-    prefetch_line(delta_rows, s.ratio, s, un, t, t1);
+    if (a.dlow == nullptr) prefetch_line(delta_rows, s.ratio, s, un, t, t1);
     prefetch_line(z_rows, 1, s, un, t, t1);
   };
   for (int64_t k = 0; k < s.n_chunks; ++k) {
     const int64_t t0 = k * kChunk, T = imin(kChunk, L - t0);
-    load_delta_tile(dt, delta_rows, s, un.c0, un.nl, t0, T);
+    if (a.dlow != nullptr) {
+      lowrank_delta_tile(dt, a, un.b, un.c0, un.nl, t0, T);
+    } else {
+      load_delta_tile(dt, delta_rows, s, un.c0, un.nl, t0, T);
+    }
     load_tile(uu, a.u + row + t0, L, un.nl, T);
     activate_delta(dt, nullptr, bias, a.softplus, T);
     if (NS > 0) {

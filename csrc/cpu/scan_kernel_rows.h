@@ -20,6 +20,21 @@ void load_row(float *dst, const float *src, int64_t n) {
   for (int64_t i = n; i < kChunk; ++i) dst[i] = 0.0f;
 }
 
+// dt[0 .. T) = delta of channel c from its low-rank factors (FwdArgs: dlow, dproj), summed in
+// order of r as lowrank_delta_tile; dt[T .. kChunk) = 0.
+void lowrank_delta_row(float *dt, const FwdArgs &a, int64_t b, int64_t c, int64_t t0, int64_t T) {
+  for (int64_t t = 0; t < kChunk; ++t) dt[t] = 0.0f;
+  const float *low = a.dlow + b * a.dlow_sb + (c / a.dlow_block) * a.dlow_sk + t0;
+  const int64_t full = T - T % W;
+  for (int64_t r = 0; r < a.rank; ++r) {
+    const float p = a.dproj[c * a.rank + r];
+    const V pv = vset(p);
+    const float *lr = low + r * a.dlow_sr;
+    for (int64_t t = 0; t < full; t += W) vstore(dt + t, vload(dt + t) + pv * vload(lr + t));
+    for (int64_t t = full; t < T; ++t) dt[t] += p * lr[t];
+  }
+}
+
 void zero_rows(float *rows, int64_t from, int64_t to) {
   for (int64_t i = from * W; i < to * W; ++i) rows[i] = 0.0f;
 }
@@ -108,11 +123,15 @@ void fwd_row_impl(const FwdArgs &a, int64_t unit, float *scratch) {
   const V Dv = vset(a.D != nullptr ? a.D[c] : 0.0f);
   const float *Bt = a.Bt + (b * s.groups + g) * L * N, *Ct = a.Ct + (b * s.groups + g) * L * N;
   const int64_t row = (b * s.dim + c) * L;
-  const float *delta_row = a.delta + (b * s.dim_delta + dd) * L;
+  const float *delta_row = a.dlow == nullptr ? a.delta + (b * s.dim_delta + dd) * L : nullptr;
   float *states = a.states + (b * s.dim + c) * s.n_chunks * N;
   for (int64_t k = 0; k < s.n_chunks; ++k) {
     const int64_t t0 = k * kChunk, T = imin(kChunk, L - t0), TW = round_up(T);
-    load_row(dt, delta_row + t0, T);
+    if (a.dlow != nullptr) {
+      lowrank_delta_row(dt, a, b, c, t0, T);
+    } else {
+      load_row(dt, delta_row + t0, T);
+    }
     load_row(uu, a.u + row + t0, T);
     row_delta(dt, du, nullptr, uu, bias, a.softplus);
     auto scan = [&](auto clamp) {

@@ -208,6 +208,67 @@ std::vector<Tensor> selective_scan_fwd(const Tensor &u, const Tensor &delta, con
   return {out, states};
 }
 
+// The forward with delta in low rank, for inference (no states returned, no backward):
+// delta[b, k * d + i, t] = sum_r delta_proj[k, i, r] * delta_low[b, k, r, t], so that the
+// (batch, dim, L) delta is never written. delta_low (B, K, R, L) may be a strided view (a slice
+// of the projection's output) with contiguous tokens; every tensor float32.
+Tensor selective_scan_fwd_lowrank(const Tensor &u, const Tensor &delta_low,
+                                  const Tensor &delta_proj, const Tensor &A, const Tensor &B,
+                                  const Tensor &C, const OptTensor &D, const OptTensor &z,
+                                  const OptTensor &delta_bias, bool delta_softplus) {
+  for (const Tensor *t : {&u, &delta_low, &delta_proj, &A, &B, &C})
+    TORCH_CHECK(t->device().is_cpu() && t->scalar_type() == at::kFloat,
+                "selective_scan_fwd_lowrank (cpu): every tensor must be float32 on the CPU, got ",
+                t->scalar_type(), " on ", t->device());
+  for (const OptTensor *t : {&D, &z, &delta_bias})
+    TORCH_CHECK(!*t || ((*t)->device().is_cpu() && (*t)->scalar_type() == at::kFloat),
+                "selective_scan_fwd_lowrank (cpu): every tensor must be float32 on the CPU");
+  // u stands in for delta in the shape checks: the full delta has u's shape.
+  const ScanShape s = check_inputs(u, u, A, B, C, D, z, delta_bias);
+  TORCH_CHECK(delta_low.dim() == 4 && delta_low.size(0) == s.batch &&
+                  delta_low.size(3) == s.length && delta_low.size(1) > 0 &&
+                  s.dim % delta_low.size(1) == 0 && (s.length <= 1 || delta_low.stride(3) == 1),
+              "selective_scan_fwd_lowrank (cpu): delta_low must be (batch, K, R, L) with K "
+              "dividing dim and contiguous tokens, got ", delta_low.sizes(), " strides ",
+              delta_low.strides());
+  const int64_t K = delta_low.size(1), R = delta_low.size(2), d = s.dim / K;
+  TORCH_CHECK(delta_proj.dim() == 3 && delta_proj.size(0) == K && delta_proj.size(1) == d &&
+                  delta_proj.size(2) == R,
+              "selective_scan_fwd_lowrank (cpu): delta_proj must be (", K, ", ", d, ", ", R,
+              "), got ", delta_proj.sizes());
+  const Kernels *k = active_kernels();
+  const Inputs in(u, u, A, B, C, D, z, delta_bias);
+  const Tensor proj = delta_proj.contiguous();
+  const auto options = u.options().dtype(at::kFloat);
+  Tensor out = at::empty({s.batch, s.dim, s.length}, options);
+  Tensor states = at::empty({s.batch, s.dim, s.n_chunks, s.dstate}, options);
+  FwdArgs a;
+  a.s = s;
+  a.softplus = delta_softplus;
+  in.fill(a);
+  a.delta = nullptr;
+  a.dlow = delta_low.data_ptr<float>();
+  a.dproj = proj.data_ptr<float>();
+  a.rank = R;
+  a.dlow_block = d;
+  a.dlow_sb = delta_low.stride(0);
+  a.dlow_sk = delta_low.stride(1);
+  a.dlow_sr = delta_low.stride(2);
+  a.out = out.data_ptr<float>();
+  a.states = states.data_ptr<float>();
+  a.stream_out = out.numel() * sizeof(float) >= kStreamingBytes;
+  if (use_rows(k, s)) {
+    const Tensor Bt = state_innermost(in.B), Ct = state_innermost(in.C);
+    a.Bt = Bt.data_ptr<float>();
+    a.Ct = Ct.data_ptr<float>();
+    run_units(s.batch * s.dim, k->fwd_row_scratch(s), a, k->fwd_row);
+  } else {
+    a.Bt = a.Ct = nullptr;
+    run_units(s.batch * s.groups * num_vectors(s, k), k->fwd_scratch(s), a, k->fwd_unit);
+  }
+  return out;
+}
+
 // sum over the leading dimension of a contiguous (parts, rest) fp32 tensor, in order.
 Tensor sum_parts(const Tensor &parts) {
   if (parts.size(0) == 1) return parts[0];
@@ -344,6 +405,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("selective_scan_bwd", &vssm_cpu::selective_scan_bwd,
         "(u, delta, A, B, C, D, z, delta_bias, dout, dlast_state, states, delta_softplus) -> "
         "[du, ddelta, dA, dB, dC, dD, dz, ddelta_bias]");
+  m.def("selective_scan_fwd_lowrank", &vssm_cpu::selective_scan_fwd_lowrank,
+        "(u, delta_low (B, K, R, L), delta_proj (K, d, R), A, B, C, D, z, delta_bias, "
+        "delta_softplus) -> out: the forward with delta = delta_proj @ delta_low per direction, "
+        "float32, for inference");
   m.def("chunk_length", []() { return vssm_cpu::kChunk; },
         "tokens per saved state (states has ceil(L / chunk_length()) chunks)");
   m.def("isa", &vssm_cpu::isa, "the instruction set the kernels run with");

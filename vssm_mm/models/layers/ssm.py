@@ -18,7 +18,10 @@ from typing import Optional
 import torch
 from torch import nn
 
+from vssm_mm.ops.norm_gate import compiled_inference
 from vssm_mm.ops.selective_scan import selective_scan
+from vssm_mm.ops.selective_scan.backends import resolve_backend
+from vssm_mm.ops.selective_scan.cpu_backend import extension_with
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -118,6 +121,16 @@ def _counting(x: torch.Tensor) -> bool:
     return torch.jit.is_tracing() or x.device.type == 'meta'
 
 
+def _lowrank_kernel(x_dbl: torch.Tensor, *tensors: Optional[torch.Tensor]):
+    """``vssm_mm._C_cpu`` when the scan may take delta in low rank: float32 CPU inference
+    (``x_dbl`` float32 too, so not under autocast) on the cpu backend; else None."""
+    if x_dbl.dtype != torch.float32 or not compiled_inference(x_dbl, *tensors):
+        return None
+    if resolve_backend(None, x_dbl.device) != 'cpu':
+        return None
+    return extension_with('selective_scan_fwd_lowrank')
+
+
 def scan_sequences(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_weight: torch.Tensor,
                    dt_proj_bias: torch.Tensor, A_log: torch.Tensor, D: torch.Tensor,
                    z: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -136,6 +149,15 @@ def scan_sequences(xs: torch.Tensor, x_proj_weight: torch.Tensor, dt_proj_weight
         # copied (einsum copies them twice; 7% of EfficientVMamba-T's CPU inference).
         x_dbl = torch.matmul(x_proj_weight.to(xs.dtype), xs)  # (B, K, R + 2N, L)
         dts, Bs, Cs = torch.split(x_dbl, [r, n, n], dim=2)
+        ext = _lowrank_kernel(x_dbl, xs, dt_proj_weight, dt_proj_bias, A_log, D, z)
+        if ext is not None:
+            # float32 CPU inference on the cpu backend: the kernel computes each token's delta
+            # from the rank-R projection where it needs it, so the (B, K, d, L) delta is never
+            # written and read back (the same values to float32 rounding).
+            out = ext.selective_scan_fwd_lowrank(
+                xs.reshape(batch, k * d, length), dts, dt_proj_weight, -torch.exp(A_log),
+                Bs.contiguous(), Cs.contiguous(), D, z, dt_proj_bias.reshape(-1), True)
+            return out.view(batch, k, d, length)
         dts = torch.matmul(dt_proj_weight.to(xs.dtype), dts)  # (B, K, d, L)
     dtype = compute_dtype(xs.dtype)
     u = xs.reshape(batch, k * d, length).to(dtype)
