@@ -178,20 +178,15 @@ void run_units(int64_t n_units, int64_t scratch_floats, const Args &args, Fn uni
   });
 }
 
-std::vector<Tensor> selective_scan_fwd(const Tensor &u, const Tensor &delta, const Tensor &A,
-                                       const Tensor &B, const Tensor &C, const OptTensor &D,
-                                       const OptTensor &z, const OptTensor &delta_bias,
-                                       bool delta_softplus, bool out_float32) {
-  const ScanShape s = check_inputs(u, delta, A, B, C, D, z, delta_bias);
+// Allocates out (batch, dim, L) and states (batch, dim, n_chunks, N) in float32 and runs the
+// forward kernels (the row kernels where they apply) with a's shape and inputs.
+void run_forward(const Inputs &in, FwdArgs &a, const at::TensorOptions &like, Tensor &out,
+                 Tensor &states) {
+  const ScanShape &s = a.s;
   const Kernels *k = active_kernels();
-  const Inputs in(u, delta, A, B, C, D, z, delta_bias);
-  const auto options = u.options().dtype(at::kFloat);
-  Tensor out = at::empty({s.batch, s.dim, s.length}, options);
-  Tensor states = at::empty({s.batch, s.dim, s.n_chunks, s.dstate}, options);
-  FwdArgs a;
-  a.s = s;
-  a.softplus = delta_softplus;
-  in.fill(a);
+  const auto options = like.dtype(at::kFloat);
+  out = at::empty({s.batch, s.dim, s.length}, options);
+  states = at::empty({s.batch, s.dim, s.n_chunks, s.dstate}, options);
   a.out = out.data_ptr<float>();
   a.states = states.data_ptr<float>();
   a.stream_out = out.numel() * sizeof(float) >= kStreamingBytes;
@@ -204,6 +199,20 @@ std::vector<Tensor> selective_scan_fwd(const Tensor &u, const Tensor &delta, con
     a.Bt = a.Ct = nullptr;
     run_units(s.batch * s.groups * num_vectors(s, k), k->fwd_scratch(s), a, k->fwd_unit);
   }
+}
+
+std::vector<Tensor> selective_scan_fwd(const Tensor &u, const Tensor &delta, const Tensor &A,
+                                       const Tensor &B, const Tensor &C, const OptTensor &D,
+                                       const OptTensor &z, const OptTensor &delta_bias,
+                                       bool delta_softplus, bool out_float32) {
+  const ScanShape s = check_inputs(u, delta, A, B, C, D, z, delta_bias);
+  const Inputs in(u, delta, A, B, C, D, z, delta_bias);
+  FwdArgs a;
+  a.s = s;
+  a.softplus = delta_softplus;
+  in.fill(a);
+  Tensor out, states;
+  run_forward(in, a, u.options(), out, states);
   if (!out_float32 && u.scalar_type() != at::kFloat) out = out.to(u.scalar_type());
   return {out, states};
 }
@@ -236,12 +245,8 @@ Tensor selective_scan_fwd_lowrank(const Tensor &u, const Tensor &delta_low,
                   delta_proj.size(2) == R,
               "selective_scan_fwd_lowrank (cpu): delta_proj must be (", K, ", ", d, ", ", R,
               "), got ", delta_proj.sizes());
-  const Kernels *k = active_kernels();
   const Inputs in(u, u, A, B, C, D, z, delta_bias);
   const Tensor proj = delta_proj.contiguous();
-  const auto options = u.options().dtype(at::kFloat);
-  Tensor out = at::empty({s.batch, s.dim, s.length}, options);
-  Tensor states = at::empty({s.batch, s.dim, s.n_chunks, s.dstate}, options);
   FwdArgs a;
   a.s = s;
   a.softplus = delta_softplus;
@@ -254,18 +259,8 @@ Tensor selective_scan_fwd_lowrank(const Tensor &u, const Tensor &delta_low,
   a.dlow_sb = delta_low.stride(0);
   a.dlow_sk = delta_low.stride(1);
   a.dlow_sr = delta_low.stride(2);
-  a.out = out.data_ptr<float>();
-  a.states = states.data_ptr<float>();
-  a.stream_out = out.numel() * sizeof(float) >= kStreamingBytes;
-  if (use_rows(k, s)) {
-    const Tensor Bt = state_innermost(in.B), Ct = state_innermost(in.C);
-    a.Bt = Bt.data_ptr<float>();
-    a.Ct = Ct.data_ptr<float>();
-    run_units(s.batch * s.dim, k->fwd_row_scratch(s), a, k->fwd_row);
-  } else {
-    a.Bt = a.Ct = nullptr;
-    run_units(s.batch * s.groups * num_vectors(s, k), k->fwd_scratch(s), a, k->fwd_unit);
-  }
+  Tensor out, states;
+  run_forward(in, a, u.options(), out, states);
   return out;
 }
 
