@@ -35,8 +35,7 @@ def fusable(conv: nn.Conv2d, channels: int) -> bool:
 
 
 def _channel_last(x: torch.Tensor) -> bool:
-    batch, height, width, channels = x.shape
-    del batch
+    _, height, width, channels = x.shape
     return ((channels <= 1 or x.stride(3) == 1) and (width <= 1 or x.stride(2) == channels)
             and (height <= 1 or x.stride(1) == width * channels))
 
