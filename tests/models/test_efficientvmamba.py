@@ -514,3 +514,39 @@ def test_cpu_inference_path_equals_the_standard_path(size, monkeypatch):
     outs = EfficientVMamba(dict(dims=(16, 32, 48, 64), depths=(1, 1, 1, 1)))(x)
     outs[0].sum().backward()
     assert calls == []
+
+
+def test_inverted_residual_inference_works_in_place_with_the_same_values(monkeypatch):
+    """In inference the inverted residual's activations, channel attention and residual run in
+    place on the maps it made (not on its input); its output equals the standard path's."""
+    from vssm_mm.models.backbones import efficientvmamba
+    from vssm_mm.models.backbones.efficientvmamba import InvertedResidual
+    torch.manual_seed(0)
+    block = InvertedResidual(16, expand_ratio=4, se_ratio=0.25)
+    x = torch.randn(2, 7, 9, 16)
+    with torch.no_grad():
+        block(x)  # training mode: the BatchNorms' running statistics move away from (0, 1)
+    block.eval()
+    x_before = x.clone()
+    with torch.no_grad():
+        fast = block(x)
+    assert torch.equal(x, x_before)  # the input is not touched
+    monkeypatch.setattr(efficientvmamba, 'cpu_inference', lambda *tensors: False)
+    with torch.no_grad():
+        standard = block(x)
+    torch.testing.assert_close(fast, standard, rtol=1e-5, atol=1e-6)
+    # With gradients: the standard path, and they flow.
+    block(x.requires_grad_(True)).sum().backward()
+    assert x.grad is not None and block.expand[0].weight.grad is not None
+
+
+def test_squeeze_excite_in_place_scales_its_input():
+    from vssm_mm.models.layers import SqueezeExcite
+    torch.manual_seed(0)
+    se, x = SqueezeExcite(12, 3), torch.randn(2, 12, 5, 5)
+    with torch.no_grad():
+        expected = se(x)
+        y = x.clone()
+        out = se(y, inplace=True)
+    assert out.data_ptr() == y.data_ptr()
+    torch.testing.assert_close(out, expected)

@@ -51,6 +51,7 @@ class SqueezeExcite(nn.Module):
         self.reduce = nn.Linear(channels, reduced, bias=bias)
         self.expand = nn.Linear(reduced, channels, bias=bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, inplace: bool = False) -> torch.Tensor:
+        """``inplace=True`` scales ``x`` itself (no gradient can flow through it then)."""
         scale = torch.sigmoid(self.expand(F.relu(self.reduce(x.mean(dim=(2, 3))))))
-        return x * scale[:, :, None, None]
+        return x.mul_(scale[:, :, None, None]) if inplace else x * scale[:, :, None, None]
