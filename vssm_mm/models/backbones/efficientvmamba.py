@@ -76,7 +76,11 @@ class LocalConvBranch(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # (in float32 CPU inference the BatchNorm is folded into the depthwise conv)
-        x = F.gelu(conv_bn(self.dwconv, self.norm, x.permute(0, 3, 1, 2)))
+        x = conv_bn(self.dwconv, self.norm, x.permute(0, 3, 1, 2))
+        if cpu_inference(x, *self.parameters()) and not self.training:
+            x = torch.ops.aten.gelu_(x)  # in place on the conv's fresh map (no gradient here)
+        else:
+            x = F.gelu(x)
         return self.pwconv(x).permute(0, 2, 3, 1)
 
 
