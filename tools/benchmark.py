@@ -4,9 +4,14 @@
     python tools/benchmark.py configs/msvmamba/tiny_coco.py --batch-size 2 --shape 800 1280
     python tools/benchmark.py CONFIG --device cpu --batch-size 2 --shape 64 64 --json out.json
     python tools/benchmark.py CONFIG --scan-backend reference|cpu|triton|cuda
+    python tools/benchmark.py CONFIG --device cpu --scan-backend reference cpu  # compared
 
 Each mode runs ``--warmup`` untimed iterations, then ``--repeat`` timed ones (synchronised on
-GPU); the table gives the median images/s with the spread over the timed runs. Peak memory is
+GPU); the table gives the median images/s with the spread over the timed runs. With several
+scan backends, each timed iteration runs one step with every backend in turn, in one process
+on one model, so that the machine's drift (other tenants, clock changes) falls on all of them
+alike; the table then also gives each backend's speed-up over the first one (the ratio of the
+median step times). Peak memory on CPU is then the process's, over all backends. Peak memory is
 ``torch.cuda.max_memory_allocated`` on GPU and the process's peak resident memory on CPU. The
 training step is forward + loss + backward + an SGD update on a batch of random images with
 random targets of the task (labels, boxes and masks, or segmentation maps).
@@ -39,14 +44,18 @@ def parse_args(argv=None):
     parser.add_argument('--modes', nargs='+', default=['inference', 'train'],
                         choices=['inference', 'train'])
     parser.add_argument('--amp', action='store_true', help='autocast to fp16 (GPU) / bf16 (CPU)')
-    parser.add_argument('--scan-backend', choices=['auto', 'reference', 'cpu', 'triton', 'cuda'],
-                        default='auto', help='selective-scan backend')
+    parser.add_argument('--scan-backend', nargs='+', default=['auto'],
+                        choices=['auto', 'reference', 'cpu', 'triton', 'cuda'],
+                        help='selective-scan backend; several (e.g. reference cpu) are timed in '
+                        'turn, step by step, and compared')
     parser.add_argument('--json', help='also write the results to this JSON file')
     parser.add_argument('--cfg-options', nargs='+', default=[], metavar='KEY=VALUE',
                         help='override config entries, e.g. model.teacher=None')
     args = parser.parse_args(argv)
     if args.warmup < 0 or args.repeat < 1:
         parser.error('--warmup must be >= 0 and --repeat >= 1')
+    if len(set(args.scan_backend)) != len(args.scan_backend):
+        parser.error(f'--scan-backend lists a backend twice: {" ".join(args.scan_backend)}')
     return args
 
 
@@ -119,7 +128,21 @@ def _peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def time_mode(model, scope, mode, inputs, samples, device, warmup, repeat, amp):
+def use_backend(name, environ_default):
+    """Make the selective scan run backend ``name`` from the next call on ('auto': whatever
+    $VSSM_SCAN_BACKEND said when the tool started)."""
+    if name != 'auto':
+        os.environ['VSSM_SCAN_BACKEND'] = name
+    elif environ_default is None:
+        os.environ.pop('VSSM_SCAN_BACKEND', None)
+    else:
+        os.environ['VSSM_SCAN_BACKEND'] = environ_default
+
+
+def time_mode(model, scope, mode, inputs, samples, device, warmup, repeat, amp,
+              backends=('auto', )):
+    """Time ``mode`` with each scan backend, the backends' steps interleaved; a result row per
+    backend."""
     import torch
     autocast = torch.autocast(device_type='cuda' if device.startswith('cuda') else 'cpu',
                               dtype=torch.float16 if device.startswith('cuda') else torch.bfloat16,
@@ -142,28 +165,39 @@ def time_mode(model, scope, mode, inputs, samples, device, warmup, repeat, amp):
             optimizer.step()
 
     model.train(mode == 'train')
-    if device.startswith('cuda'):
-        torch.cuda.reset_peak_memory_stats()
-    for _ in range(warmup):
-        step()
-    _sync(device)
-    times = []
-    for _ in range(repeat):
-        start = time.perf_counter()
-        step()
+    environ_default = os.environ.get('VSSM_SCAN_BACKEND')
+    times = {name: [] for name in backends}
+    try:
+        if device.startswith('cuda'):
+            torch.cuda.reset_peak_memory_stats()
+        for name in backends:
+            use_backend(name, environ_default)
+            for _ in range(warmup):
+                step()
         _sync(device)
-        times.append(time.perf_counter() - start)
-    batch = inputs.shape[0]
-    rates = [batch / t for t in times]
-    return dict(mode=mode, images_per_s=statistics.median(rates), min_images_per_s=min(rates),
-                max_images_per_s=max(rates), ms_per_step=1000 * statistics.median(times),
-                peak_memory_mb=_peak_memory_mb(device))
+        for _ in range(repeat):
+            for name in backends:
+                use_backend(name, environ_default)
+                start = time.perf_counter()
+                step()
+                _sync(device)
+                times[name].append(time.perf_counter() - start)
+    finally:
+        use_backend('auto', environ_default)
+    batch, rows = inputs.shape[0], []
+    for name in backends:
+        rates = [batch / t for t in times[name]]
+        rows.append(dict(mode=mode, scan_backend=name, images_per_s=statistics.median(rates),
+                         min_images_per_s=min(rates), max_images_per_s=max(rates),
+                         ms_per_step=1000 * statistics.median(times[name]),
+                         peak_memory_mb=_peak_memory_mb(device)))
+    for row in rows:
+        row['speedup_over_first'] = rows[0]['ms_per_step'] / row['ms_per_step']
+    return rows
 
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.scan_backend != 'auto':
-        os.environ['VSSM_SCAN_BACKEND'] = args.scan_backend
     from vssm_mm.engine.allocator import reuse_freed_memory
     reuse_freed_memory()  # as tools/train.py and test.py do (VSSM_MALLOC_DEFAULTS=1: off)
     import torch
@@ -191,19 +225,26 @@ def main(argv=None):
                                  args.device)
     results = []
     for mode in args.modes:
-        row = time_mode(model, scope, mode, inputs, samples, args.device, args.warmup,
-                        args.repeat, args.amp)
-        row.update(config=args.config, device=args.device, batch_size=batch,
-                   input=[height, width], amp=args.amp, scan_backend=args.scan_backend)
-        results.append(row)
+        for row in time_mode(model, scope, mode, inputs, samples, args.device, args.warmup,
+                             args.repeat, args.amp, args.scan_backend):
+            row.update(config=args.config, device=args.device, batch_size=batch,
+                       input=[height, width], amp=args.amp)
+            results.append(row)
     dev = torch.cuda.get_device_name() if args.device.startswith('cuda') else 'cpu'
+    several = len(args.scan_backend) > 1
     print(f'{args.config} on {dev}, batch {batch}, input {height}x{width}, '
-          f'scan backend {args.scan_backend}{", amp" if args.amp else ""}')
-    print(f"{'mode':10s} {'images/s':>10s} {'(min-max)':>17s} {'ms/step':>9s} {'peak MB':>9s}")
+          f'scan backend {" / ".join(args.scan_backend)}'
+          f'{" (interleaved)" if several else ""}{", amp" if args.amp else ""}')
+    backend_col = f" {'backend':>9s}" if several else ''
+    speedup_col = f" {'speed-up':>9s}" if several else ''
+    print(f"{'mode':10s}{backend_col} {'images/s':>10s} {'(min-max)':>17s} {'ms/step':>9s} "
+          f"{'peak MB':>9s}{speedup_col}")
     for r in results:
-        print(f"{r['mode']:10s} {r['images_per_s']:10.2f} "
+        backend = f" {r['scan_backend']:>9s}" if several else ''
+        speedup = f" {r['speedup_over_first']:8.2f}x" if several else ''
+        print(f"{r['mode']:10s}{backend} {r['images_per_s']:10.2f} "
               f"({r['min_images_per_s']:6.2f}-{r['max_images_per_s']:6.2f}) "
-              f"{r['ms_per_step']:9.1f} {r['peak_memory_mb']:9.0f}")
+              f"{r['ms_per_step']:9.1f} {r['peak_memory_mb']:9.0f}{speedup}")
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(results, f, indent=2)

@@ -44,6 +44,55 @@ def test_benchmark_cpu(config, shape, tmp_path):
     assert 'images/s' in result.stdout
 
 
+def _benchmark_module():
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('benchmark_tool', REPO / 'tools' / 'benchmark.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_interleaves_scan_backends(monkeypatch):
+    """With several scan backends every timed iteration runs one step per backend in turn (the
+    backend each step saw is recorded), each backend gets its row and its speed-up over the
+    first, and the environment is restored."""
+    import torch
+    bench = _benchmark_module()
+    monkeypatch.setenv('VSSM_SCAN_BACKEND', 'reference')
+    seen = []
+
+    class Model(torch.nn.Module):
+        def forward(self, inputs, samples, mode):
+            import os
+            seen.append(os.environ.get('VSSM_SCAN_BACKEND'))
+            return inputs
+
+    rows = bench.time_mode(Model(), 'mmpretrain', 'inference', torch.zeros(2, 3, 4, 4), [],
+                           'cpu', warmup=1, repeat=3, amp=False, backends=('cpu', 'auto'))
+    # warm-up per backend, then alternating; 'auto' means what the environment said.
+    assert seen == ['cpu', 'reference'] + ['cpu', 'reference'] * 3
+    assert [r['scan_backend'] for r in rows] == ['cpu', 'auto']
+    assert rows[0]['speedup_over_first'] == 1.0 and rows[1]['speedup_over_first'] > 0
+    import os
+    assert os.environ['VSSM_SCAN_BACKEND'] == 'reference'
+
+
+def test_benchmark_compares_backends_in_one_run(tmp_path):
+    _require('mmpretrain')
+    out = tmp_path / 'bench.json'
+    result = run_tool(['tools/benchmark.py', 'configs/msvmamba/nano_in1k.py', '--device', 'cpu',
+                       '--batch-size', '1', '--shape', '32', '32', '--warmup', '1', '--repeat',
+                       '2', '--modes', 'inference', '--scan-backend', 'reference', 'cpu',
+                       '--json', str(out)])
+    rows = json.loads(out.read_text())
+    assert [(r['mode'], r['scan_backend']) for r in rows] == [('inference', 'reference'),
+                                                              ('inference', 'cpu')]
+    assert 'speed-up' in result.stdout and 'interleaved' in result.stdout
+    bad = run_tool(['tools/benchmark.py', 'configs/msvmamba/nano_in1k.py', '--scan-backend',
+                    'cpu', 'cpu'], check=False)
+    assert bad.returncode != 0 and 'twice' in bad.stderr
+
+
 @pytest.mark.parametrize('task,config,image,expect', [
     ('mmpretrain', 'msvmamba_nano_cls_demo.py', 'cls/val', 'top-1'),
     ('mmdet', 'msvmamba_nano_mask_rcnn_demo.py', 'coco/val', 'objects above'),
