@@ -1,4 +1,5 @@
 """Helpers shared by the tests (importable: tests/ is on pytest's pythonpath)."""
+import importlib.util
 import math
 import os
 import socket
@@ -196,3 +197,11 @@ def official_state_dict(spec, dump, ours):
     return {key: values[tag.flatten().long()].view(tag.shape).to(
         torch.long if key.endswith('num_batches_tracked') else torch.float32)
         for key, tag in tags.items()}
+
+
+def load_tool(name):
+    """tools/<name>.py as a module (the tools are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / 'tools' / f'{name}.py')
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

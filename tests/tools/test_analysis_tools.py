@@ -3,7 +3,7 @@ import json
 
 import pytest
 from PIL import Image
-from vssm_testing import REPO, has_mm_stack, run_tool
+from vssm_testing import REPO, has_mm_stack, load_tool, run_tool
 
 
 def _require(*libs):
@@ -44,20 +44,12 @@ def test_benchmark_cpu(config, shape, tmp_path):
     assert 'images/s' in result.stdout
 
 
-def _benchmark_module():
-    import importlib.util
-    spec = importlib.util.spec_from_file_location('benchmark_tool', REPO / 'tools' / 'benchmark.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_benchmark_interleaves_scan_backends(monkeypatch):
     """With several scan backends every timed iteration runs one step per backend in turn (the
     backend each step saw is recorded), each backend gets its row and its speed-up over the
     first, and the environment is restored."""
     import torch
-    bench = _benchmark_module()
+    bench = load_tool('benchmark')
     monkeypatch.setenv('VSSM_SCAN_BACKEND', 'reference')
     seen = []
 

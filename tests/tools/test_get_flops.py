@@ -1,13 +1,12 @@
 """The meta-device FLOP counter: fvcore's rules op by op, whole configs at the papers' sizes,
 and the generated model zoo against the committed measurements."""
-import importlib.util
 import json
 
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
-from vssm_testing import REPO, has_mm_stack, run_tool
+from vssm_testing import REPO, has_mm_stack, load_tool, run_tool
 
 from vssm_mm.analysis import FlopCounter, model_complexity
 from vssm_mm.ops.selective_scan import selective_scan
@@ -106,10 +105,7 @@ def test_flop_counter_mode_sees_the_scan_as_one_op():
 
 
 def _get_flops_module():
-    spec = importlib.util.spec_from_file_location('get_flops', REPO / 'tools' / 'get_flops.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('get_flops')
 
 
 # One classification, one detection and one segmentation config per family, at the papers'

@@ -9,7 +9,7 @@ import sys
 import types
 
 import pytest
-from vssm_testing import REPO, REQUIRE_GPU_ENV, run_tool
+from vssm_testing import REPO, REQUIRE_GPU_ENV, load_tool, run_tool
 
 # Imported by a sitecustomize in the dry run's processes: the GPU machine has torch and
 # mmengine but none of the OpenMMLab task packages, so the check must not need them.
@@ -24,10 +24,7 @@ sys.meta_path.insert(0, _Block())
 
 
 def _module():
-    spec = importlib.util.spec_from_file_location('gpu_check', REPO / 'tools' / 'gpu_check.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_tool('gpu_check')
 
 
 def test_dry_run_reports_every_stage(tmp_path):
