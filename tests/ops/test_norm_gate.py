@@ -194,3 +194,17 @@ def test_channel_attention_gate_equals_its_definition():
     torch.testing.assert_close(fast, expected.detach(), rtol=1e-5, atol=1e-5)
     with pytest.raises(ValueError, match='T > 0'):
         layer_norm_mean(torch.randn(2, 0, 32), attn.norm)
+
+
+def test_cpu_inference_excludes_autocast_gradients_and_other_dtypes():
+    """The CPU inference paths run for float32 CPU tensors without gradients, outside CPU
+    autocast (which decides the dtypes of the standard ops itself)."""
+    from vssm_mm.ops.norm_gate import cpu_inference
+    x, w = torch.zeros(2, 3), torch.zeros(3, requires_grad=True)
+    with torch.no_grad():
+        assert cpu_inference(x, w)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert not cpu_inference(x, w)
+        assert not cpu_inference(x.double(), w)
+    assert not cpu_inference(x, w)  # w needs a gradient
+    assert cpu_inference(x, w.detach())

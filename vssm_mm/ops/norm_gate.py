@@ -27,10 +27,13 @@ def _extension():
 
 def cpu_inference(*tensors: Optional[torch.Tensor]) -> bool:
     """Whether these tensors (parameters included) are in float32 CPU inference: all float32 on
-    the CPU, no gradient needed, no jit trace (the FLOP counters), not under torch.compile. The
-    CPU inference paths of the models run then, with the same values as the standard ones."""
+    the CPU, no gradient needed, no CPU autocast, no jit trace (the FLOP counters), not under
+    torch.compile. The CPU inference paths of the models run then, with the same values as the
+    standard ones."""
     tensors = [t for t in tensors if t is not None]
     if torch.jit.is_tracing() or torch.compiler.is_compiling():
+        return False
+    if torch.is_autocast_enabled('cpu'):  # autocast decides the dtypes: the standard ops
         return False
     if any(t.dtype != torch.float32 or t.device.type != 'cpu' for t in tensors):
         return False
