@@ -11,9 +11,9 @@ GPU); the table gives the median images/s with the spread over the timed runs. W
 scan backends, each timed iteration runs one step with every backend in turn, in one process
 on one model, so that the machine's drift (other tenants, clock changes) falls on all of them
 alike; the table then also gives each backend's speed-up over the first one (the ratio of the
-median step times). Peak memory on CPU is then the process's, over all backends. Peak memory is
-``torch.cuda.max_memory_allocated`` on GPU and the process's peak resident memory on CPU. The
-training step is forward + loss + backward + an SGD update on a batch of random images with
+median step times). Peak memory is ``torch.cuda.max_memory_allocated`` on GPU and the
+process's peak resident memory on CPU (with several backends, over all of them). The training
+step is forward + loss + backward + an SGD update on a batch of random images with
 random targets of the task (labels, boxes and masks, or segmentation maps).
 """
 import argparse

@@ -51,7 +51,8 @@ def conv_silu_scan(x: torch.Tensor, conv: nn.Conv2d, order: ScanOrder) -> torch.
     if (order.height, order.width) != tuple(x.shape[1:3]):
         raise ValueError(f'{order} does not fit a map of spatial size {tuple(x.shape[1:3])}; '
                          'build the order for that size with get_scan_order(directions, H, W)')
-    if (fusable(conv, x.shape[3]) and _channel_last(x) and _extension() is not None
+    ext = _extension()
+    if (ext is not None and fusable(conv, x.shape[3]) and _channel_last(x)
             and compiled_inference(x, conv.weight, conv.bias)):
-        return _extension().dwconv_silu_scan(x, conv.weight, conv.bias, order.index)
+        return ext.dwconv_silu_scan(x, conv.weight, conv.bias, order.index)
     return order.scan(F.silu(conv(x.permute(0, 3, 1, 2))))

@@ -123,8 +123,8 @@ def _counting(x: torch.Tensor) -> bool:
 
 def _lowrank_kernel(x_dbl: torch.Tensor, *tensors: Optional[torch.Tensor]):
     """``vssm_mm._C_cpu`` when the scan may take delta in low rank: float32 CPU inference
-    (``x_dbl`` float32 too, so not under autocast) on the cpu backend; else None."""
-    if x_dbl.dtype != torch.float32 or not compiled_inference(x_dbl, *tensors):
+    (``x_dbl`` included) on the cpu backend; else None."""
+    if not compiled_inference(x_dbl, *tensors):
         return None
     if resolve_backend(None, x_dbl.device) != 'cpu':
         return None
